@@ -49,6 +49,7 @@ class CheckResult:
     layer_max_abs_err: list[float]
     passed: bool
     thresholds: dict[str, Any]
+    reference_weights: str = "source"
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -93,6 +94,27 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / denom) if denom > 0 else float(np.array_equal(a, b))
 
 
+def _apply_quantization_round_trip(ref: Any, quantization: str) -> None:
+    """Replace every matrix of the transformers model by what our scheme stores for it.
+
+    Group quantization works row by row along the input dimension, so quantizing HF's separate
+    q/k/v (or gate/up) rows gives exactly what quantizing our fused matrices gives.
+    """
+    import torch
+
+    from .quantization import dequantize_array, get_scheme, quantize_array
+
+    scheme = get_scheme(quantization)
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if p.ndim == 2 and scheme.weight is not None:
+                w = p.detach().float().numpy()
+                packed, scale = quantize_array(w, scheme.weight, scheme.model_dtype)
+                p.copy_(torch.from_numpy(dequantize_array(packed, scale, w.shape[1], scheme.weight)))
+            elif scheme.model_dtype == "float16":
+                p.copy_(p.half().float())
+
+
 def _greedy_ours(rt: ModelRuntime, prompt_ids: list[int], n: int) -> list[int]:
     seq = rt.add_sequence()
     try:
@@ -132,8 +154,12 @@ def run_check(
     level: int = 2,
     prompt: str = "The capital of France is",
     max_tokens: int = 32,
+    reference_weights: str = "source",
     progress: bool = True,
 ) -> CheckResult:
+    """reference_weights: "source" gives transformers the original weights (measures compiler +
+    quantization error); "dequantized" gives it our quantize->dequantize round trip of them, which
+    isolates the compiled kernels (they should then agree to float rounding for any scheme)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -148,6 +174,10 @@ def run_check(
         ref_dir = reference_hf_dir(config)
         ref = AutoModelForCausalLM.from_pretrained(ref_dir, dtype=torch.float32, attn_implementation="eager")
         ref.eval()
+        if reference_weights == "dequantized":
+            _apply_quantization_round_trip(ref, config["quantization"])
+        elif reference_weights != "source":
+            raise ValueError(f"reference_weights must be 'source' or 'dequantized', not {reference_weights!r}")
         with torch.no_grad():
             out = ref(torch.tensor([prompt_ids]), output_hidden_states=True)
         ref_logits = out.logits[0].float().numpy()
@@ -184,13 +214,14 @@ def run_check(
             layer_max_abs_err=layer_err,
             passed=passed,
             thresholds=th,
+            reference_weights=reference_weights,
         )
     finally:
         rt.close()
 
 
 def format_report(r: CheckResult) -> str:
-    lines = [f"check {r.model_id} ({r.quantization}, {r.device}), level {r.level}"]
+    lines = [f"check {r.model_id} ({r.quantization}, {r.device}), level {r.level}, reference weights: {r.reference_weights}"]
     lines.append(f"  prompt ids        {r.prompt_ids}")
     for i, (c, e) in enumerate(zip(r.layer_cosine, r.layer_max_abs_err)):
         name = "embedding" if i == 0 else f"layer {i - 1}" + (" (+norm)" if i == len(r.layer_cosine) - 1 else "")

@@ -70,7 +70,8 @@ def cmd_check(a: argparse.Namespace) -> int:
     from .check import format_report, run_check
 
     r = run_check(a.model, quantization=a.quantization, device=a.device, level=a.level,
-                  prompt=a.prompt, max_tokens=a.max_tokens, progress=not a.json)
+                  prompt=a.prompt, max_tokens=a.max_tokens, reference_weights=a.reference_weights,
+                  progress=not a.json)
     print(r.to_json() if a.json else format_report(r))
     return 0 if r.passed else 1
 
@@ -192,6 +193,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--level", type=int, choices=[1, 2], default=2)
     p.add_argument("--prompt", default="The capital of France is")
     p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--reference-weights", choices=["source", "dequantized"], default="source",
+                   help="give transformers the source weights, or our quantized-then-dequantized ones")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_check)
 

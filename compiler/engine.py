@@ -310,7 +310,7 @@ class ChatTemplate:
 
     # Base models have no template; their "chat" is the messages' text, one per line, so a story
     # model continues the user's text.
-    FALLBACK = "{% for message in messages %}{{ message['content'] }}{% if not loop.last %}\n{% endif %}{% endfor %}"
+    FALLBACK = "{% for message in messages %}{% if not loop.first %}{{ '\\n' }}{% endif %}{{ message['content'] }}{% endfor %}"
 
     def __init__(self, source: str | None, special_tokens: Mapping[str, str]) -> None:
         from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -435,13 +435,12 @@ class _EngineCore:
     # ---- loading (on the scheduler thread, so every runtime call shares one thread)
 
     def _load(self, model: str, quantization: str | None, model_lib: str | Path | None) -> None:
-        from .hub import resolve_model_source
         from .pipeline import prepare_model
         from .runtime.model_runtime import ModelRuntime
 
         t0 = time.perf_counter()
         prepared = prepare_model(
-            resolve_model_source(model),
+            model,  # catalog name, folder, .gguf, HF://... (the pipeline resolves and caches)
             quantization=quantization,
             device=self.device,
             overrides=dict(self.overrides) or None,

@@ -1,9 +1,10 @@
 """`HF://org/name` model sources: download from the Hugging Face Hub into its cache.
 
-    resolve_model_source("HF://HuggingFaceTB/SmolLM2-135M-Instruct")   # -> local snapshot folder
-    resolve_model_source("HF://org/repo@v1.0")                           # a branch, tag or commit
-    resolve_model_source("HF://org/repo/model-Q4_1.gguf")                # one file of a repo
-    resolve_model_source("./my-model")                                   # not HF://: unchanged
+    resolve_hf("HF://HuggingFaceTB/SmolLM2-135M-Instruct")   # -> local snapshot folder
+    resolve_hf("HF://org/repo@v1.0")                           # a branch, tag or commit
+    resolve_hf("HF://org/repo/model-Q4_1.gguf")                # one file of a repo
+
+`sphere_aae.pipeline.resolve_model_path` calls `resolve_hf` for every HF:// MODEL argument.
 
 Downloads go through `huggingface_hub`, so `HF_ENDPOINT` (a mirror), `HF_HOME` / `HF_HUB_CACHE`
 (where the cache lives), `HF_TOKEN` and `HF_HUB_OFFLINE` work as everywhere else. A source that is
@@ -72,7 +73,7 @@ def download(spec: HubSpec, *, refresh: bool = False) -> Path:
     if not refresh:
         try:
             return Path(fetch(local_only=True))
-        except (LocalEntryNotFoundError, EntryNotFoundError, OSError):
+        except LocalEntryNotFoundError:
             pass  # not (completely) cached yet: download below
     try:
         return Path(fetch(local_only=False))
@@ -84,8 +85,6 @@ def download(spec: HubSpec, *, refresh: bool = False) -> Path:
         raise HubError(f"cannot download {label}: {exc}") from exc
 
 
-def resolve_model_source(model: str, *, refresh: bool = False) -> str:
-    """`HF://...` -> the downloaded local path; anything else is returned unchanged."""
-    if not is_hub_source(model):
-        return model
-    return str(download(parse_hub_spec(model), refresh=refresh))
+def resolve_hf(model: str, *, refresh: bool = False) -> Path:
+    """`HF://...` -> the local path of the downloaded snapshot folder (or file)."""
+    return download(parse_hub_spec(model), refresh=refresh)

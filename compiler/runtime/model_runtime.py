@@ -138,7 +138,9 @@ class ModelRuntime:
             self._next_seq += 1
             self._kv_add(self.kv, seq_id)
             if self.sliding_window_size > 0:
-                self._kv_sliding(self.kv, seq_id, self.sliding_window_size, 0)
+                # TVM keeps `size` cached keys and attends to them plus the new token, i.e. a
+                # window of size + 1; Hugging Face's sliding_window counts the new token in.
+                self._kv_sliding(self.kv, seq_id, self.sliding_window_size - 1, 0)
             self._lengths[seq_id] = 0
             return seq_id
 
@@ -182,8 +184,10 @@ class ModelRuntime:
         with self._lock:
             self._check_room(seq_id, len(token_ids))
             logits = None
-            for start in range(0, len(token_ids), self.prefill_chunk_size):
-                chunk = token_ids[start : start + self.prefill_chunk_size]
+            start = 0
+            while start < len(token_ids):
+                chunk = token_ids[start : start + self._chunk_length(seq_id)]
+                start += len(chunk)
                 embeds = self._embed(chunk)
                 hidden = int(embeds.shape[-1])
                 embeds = embeds._create_view((1, len(chunk), hidden))
@@ -194,6 +198,19 @@ class ModelRuntime:
                     self._kv_end(self.kv)
                 self._lengths[seq_id] += len(chunk)
             return logits.numpy().reshape(-1, self.vocab_size)[-1]
+
+    def _chunk_length(self, seq_id: int) -> int:
+        """Tokens the next prefill call may take for this sequence.
+
+        TVM's paged prefill applies one sliding window to a whole chunk, not one per query, so a
+        chunk that crosses the window edge would let early queries see too little. Chunks stay
+        inside the window; past it, tokens go one at a time, which is exact (and only long
+        prompts on sliding-window models ever get there).
+        """
+        if self.sliding_window_size <= 0:
+            return self.prefill_chunk_size
+        room = self.sliding_window_size - self._lengths[seq_id]
+        return max(1, min(self.prefill_chunk_size, room))
 
     def decode(self, seq_ids: list[int], token_ids: list[int]) -> np.ndarray:
         """One new token for each sequence (batched); float32[len(seq_ids), vocab]."""

@@ -1,0 +1,51 @@
+"""Write a SourceModel back out as a plain Hugging Face folder.
+
+Used to give transformers exactly the weights our compiler sees (after dequantization and layout
+fixes) for numerics checks: AutoModelForCausalLM / AutoTokenizer.from_pretrained(out_dir).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .base import SourceModel
+from .safetensors_io import write_safetensors
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write via a temporary file in the same folder + rename: never a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with tmp.open("wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def export_hf_dir(src: SourceModel, out_dir: Path | str) -> Path:
+    """config.json + model.safetensors (float32) + tokenizer files in `out_dir`; returns it.
+
+    Tied models get no lm_head.weight (transformers ties it to the embedding itself).
+    Weights are streamed one tensor at a time, so peak memory is one tensor, not the model.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = dict(src.hf_config)
+    # Float32 throughout: transformers 5 reads "dtype", transformers 4 "torch_dtype".
+    config["dtype"] = "float32"
+    config["torch_dtype"] = "float32"
+    write_safetensors(
+        out / "model.safetensors", src.tensor_names, src.tensor_shapes, src.get_tensor,
+        metadata={"format": "pt"},
+    )
+    for name, data in src.tokenizer_files.items():
+        write_bytes_atomic(out / name, data)
+    # config.json last: a folder with a config.json is a complete folder.
+    write_bytes_atomic(out / "config.json", json.dumps(config, indent=2).encode("utf-8"))
+    return out

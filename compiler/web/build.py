@@ -1,0 +1,82 @@
+"""`aae-web build`: one self-contained, hostable model folder (config + shards + wasm).
+
+The folder lands in `<output>/<model-id>/`, and `<output>/models.json` lists every built model
+(the demo site's model picker reads it). `model_url` entries are relative to models.json, so the
+whole output folder can be hosted anywhere as it is.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .. import artifact
+from ..compile import compile_model
+from ..pipeline import DEFAULT_MODEL, build_model_folder, default_model_id, resolve_model_path
+
+MODELS_LIST = "models.json"
+
+
+def _stale(folder: Path, source: Path, quantization: str) -> bool:
+    try:
+        cfg = artifact.read_chat_config(folder)
+        artifact.read_manifest(folder)
+    except artifact.ArtifactError:
+        return True
+    return cfg.get("quantization") != quantization or cfg.get("source") != str(source)
+
+
+def register_model(output: Path, config: dict[str, Any], folder: Path) -> None:
+    """Add or replace the model's entry in output/models.json (atomically)."""
+    path = output / MODELS_LIST
+    entries = json.loads(path.read_text()) if path.is_file() else []
+    entries = [e for e in entries if e.get("model_id") != config["model_id"]]
+    manifest = artifact.read_manifest(folder)
+    entries.append({
+        "model_id": config["model_id"],
+        "model_url": f"{folder.name}/",
+        "quantization": config["quantization"],
+        "model_type": config["model_type"],
+        "required_features": config["required_features"],
+        "context_window_size": config["context_window_size"],
+        "weights_bytes": manifest["total_bytes"],
+        "wasm": config["model_lib"]["webgpu"],
+    })
+    entries.sort(key=lambda e: e["model_id"])
+    artifact.atomic_write_json(path, entries)
+
+
+def build_web_model(
+    model: str = DEFAULT_MODEL,
+    *,
+    quantization: str = "q4f32_1",
+    output: Path = Path("dist"),
+    model_id: str | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> Path:
+    output = Path(output)
+    source = resolve_model_path(model)
+    if (source / artifact.CHAT_CONFIG).is_file():
+        raise ValueError(f"{source} is already a built model folder; give aae-web build the source model (HF folder, GGUF, catalog name)")
+    model_id = model_id or default_model_id(source, quantization)
+    folder = output / model_id
+    if force or _stale(folder, source, quantization):
+        build_model_folder(source, quantization, folder, model_id=model_id, progress=progress)
+    elif progress:
+        print(f"[build] reusing converted weights in {folder}", flush=True)
+    config = artifact.read_chat_config(folder)
+    wasm_name = artifact.model_lib_name(model_id, "webgpu")
+    wasm = folder / wasm_name
+    # The wasm depends only on the config the library is keyed by; reuse it when that is unchanged.
+    from ..pipeline import library_key
+
+    key = library_key(config, "webgpu", False)
+    if force or not wasm.is_file() or config.get("model_lib_key", {}).get("webgpu") != key:
+        compile_model(folder, "webgpu", wasm, progress=progress)
+    config["model_lib"] = {**config.get("model_lib", {}), "webgpu": wasm_name}
+    config["model_lib_key"] = {**config.get("model_lib_key", {}), "webgpu": key}
+    artifact.atomic_write_json(folder / artifact.CHAT_CONFIG, config)
+    register_model(output, config, folder)
+    return folder
