@@ -240,23 +240,31 @@ class ModelRuntime:
     def debug_prefill(self, token_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """(all-position logits [n, vocab], hidden states [layers+1, n, hidden]) of a fresh prompt.
 
-        Needs a library compiled with debug functions (`compile --debug-functions`).
+        Needs a library compiled with debug functions (`compile --debug-functions`). Chunks follow
+        the same rules as prefill, so the numbers are those the real prefill path produces.
         """
         with self._lock:
             out = []
-            for fname in ("prefill_all_logits", "prefill_hidden_states"):
+            for fname, seq_axis in (("prefill_all_logits", 1), ("prefill_hidden_states", 1)):
                 seq = self.add_sequence()
+                parts = []
                 try:
-                    embeds = self._embed(token_ids)
-                    embeds = embeds._create_view((1, len(token_ids), int(embeds.shape[-1])))
-                    self._kv_begin(self.kv, ShapeTuple([seq]), ShapeTuple([len(token_ids)]))
-                    try:
-                        result, _ = self.vm[fname](embeds, self.kv, self.params)
-                    finally:
-                        self._kv_end(self.kv)
-                    out.append(result.numpy())
+                    start = 0
+                    while start < len(token_ids):
+                        chunk = token_ids[start : start + self._chunk_length(seq)]
+                        start += len(chunk)
+                        embeds = self._embed(chunk)
+                        embeds = embeds._create_view((1, len(chunk), int(embeds.shape[-1])))
+                        self._kv_begin(self.kv, ShapeTuple([seq]), ShapeTuple([len(chunk)]))
+                        try:
+                            result, _ = self.vm[fname](embeds, self.kv, self.params)
+                        finally:
+                            self._kv_end(self.kv)
+                        self._lengths[seq] += len(chunk)
+                        parts.append(result.numpy())
                 finally:
                     self.remove_sequence(seq)
+                out.append(np.concatenate(parts, axis=seq_axis))
             return out[0].reshape(len(token_ids), self.vocab_size), out[1]
 
     def close(self) -> None:

@@ -351,6 +351,19 @@ def create_app(
     return app
 
 
+def _repo_root() -> Path:
+    # compiler/web/server.py -> repo root (an editable install keeps the repo layout).
+    return Path(__file__).resolve().parents[2]
+
+
+def _default_site(site_dir: str | os.PathLike[str] | None) -> Path:
+    return Path(site_dir) if site_dir is not None else _repo_root() / "site"
+
+
+def _default_models(models_dir: str | os.PathLike[str] | None) -> Path:
+    return Path(models_dir) if models_dir is not None else _repo_root() / "models"
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -368,8 +381,8 @@ def _uvicorn_config(app: Starlette, host: str, port: int, log_requests: bool):
 
 
 def serve(
-    site_dir: str | os.PathLike[str],
-    models_dir: str | os.PathLike[str],
+    site_dir: str | os.PathLike[str] | None = None,
+    models_dir: str | os.PathLike[str] | None = None,
     host: str = "127.0.0.1",
     port: int = 8080,
     log_requests: bool = True,
@@ -379,7 +392,9 @@ def serve(
 ) -> None:
     """Serve until interrupted (Ctrl-C). Loopback only by default; any other host is announced.
 
-    log_requests: print one line per request. access_log_path: also append JSON lines there.
+    site_dir defaults to the repo's site/, models_dir to the repo's models/, web_dist_dir to
+    <site_dir>/../web/dist. log_requests: print one line per request. access_log_path: also append
+    every request as a JSON line there.
     """
     import uvicorn
 
@@ -388,7 +403,7 @@ def serve(
     if not _is_loopback(host):
         log.warning("aae-web serve: listening on %s, reachable from other machines (default is 127.0.0.1)", host)
     alog = AccessLog(path=Path(access_log_path) if access_log_path else None, echo=log_requests)
-    app = create_app(site_dir, models_dir, web_dist_dir, access_log=alog)
+    app = create_app(_default_site(site_dir), _default_models(models_dir), web_dist_dir, access_log=alog)
     if not (app.state.web_dist_dir / "index.js").is_file():
         log.warning("aae-web serve: %s/index.js missing; build the package: (cd web && npm ci && npm run build)", app.state.web_dist_dir)
     n = len(list_models(app.state.models_dir))
@@ -401,8 +416,8 @@ class RunningServer:
 
     def __init__(
         self,
-        site_dir: str | os.PathLike[str],
-        models_dir: str | os.PathLike[str],
+        site_dir: str | os.PathLike[str] | None = None,
+        models_dir: str | os.PathLike[str] | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
         *,
@@ -413,7 +428,7 @@ class RunningServer:
         import uvicorn
 
         self.access_log = AccessLog(path=Path(access_log_path) if access_log_path else None, echo=log_requests)
-        self.app = create_app(site_dir, models_dir, web_dist_dir, access_log=self.access_log)
+        self.app = create_app(_default_site(site_dir), _default_models(models_dir), web_dist_dir, access_log=self.access_log)
         # Bind here, before the thread starts, so port=0 picks a free port with no race and the
         # URL is known as soon as the constructor returns.
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -448,18 +463,13 @@ class RunningServer:
         self.stop()
 
 
-def start_server(site_dir, models_dir, host: str = "127.0.0.1", port: int = 0, **kwargs: Any) -> RunningServer:
+def start_server(site_dir=None, models_dir=None, host: str = "127.0.0.1", port: int = 0, **kwargs: Any) -> RunningServer:
     """Start a server on a background thread; returns it (`.url`, `.access_log`, `.stop()`)."""
     return RunningServer(site_dir, models_dir, host, port, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------
 # CLI
-
-
-def _repo_root() -> Path:
-    # compiler/web/server.py -> repo root (an editable install keeps the repo layout).
-    return Path(__file__).resolve().parents[2]
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
