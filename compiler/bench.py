@@ -233,7 +233,7 @@ def format_bench(result: Mapping[str, Any]) -> str:
     from rich.table import Table
 
     aae, hf = result["aae"], result["transformers"]
-    table = Table(title=f"{result['model']} on {result['device']}: {aae['prompt_tokens']} prompt tokens, {result['max_tokens']} new tokens")
+    table = Table()
     table.add_column("metric")
     table.add_column("AAE", justify="right")
     table.add_column("transformers", justify="right")
@@ -251,8 +251,8 @@ def format_bench(result: Mapping[str, Any]) -> str:
     for label, key, unit in rows:
         table.add_row(label, fmt(aae.get(key), unit), fmt(hf.get(key), unit) if hf else "-")
     buf = io.StringIO()
-    console = Console(file=buf, width=100, force_terminal=False)
-    console.print(table)
+    buf.write(f"{result['model']} on {result['device']}: {aae['prompt_tokens']} prompt tokens, {result['max_tokens']} new tokens (greedy)\n")
+    Console(file=buf, width=100, force_terminal=False).print(table)
     lines = [
         f"AAE prepare (convert + compile, or cache hit): {aae['prepare_s']:.2f} s; runtime load: {aae['runtime_load_s']:.2f} s",
         f"AAE output: {aae['text']!r}",

@@ -138,10 +138,10 @@ def _enable_line_editing() -> None:
 class ChatSession:
     """The conversation state and command handling of one terminal chat."""
 
-    def __init__(self, engine: SphereAaeEngine, *, system_prompt: str | None = None, out: TextIO = sys.stdout) -> None:
+    def __init__(self, engine: SphereAaeEngine, *, system_prompt: str | None = None, out: TextIO | None = None) -> None:
         self.engine = engine
         self.system_prompt = system_prompt
-        self.out = out
+        self.out = out if out is not None else sys.stdout
         self.settings = ChatSettings()
         self.messages: list[dict[str, str]] = []
         self.last_usage: CompletionUsage | None = None
@@ -191,7 +191,7 @@ class ChatSession:
     def stats_text(self) -> str:
         u = self.last_usage
         if u is None:
-            return "No reply yet."
+            return "No statistics yet: no reply has finished since the start or the last /reset."
 
         def rate(v: float | None) -> str:
             return f"{v:.1f} tok/s" if v is not None else "n/a"

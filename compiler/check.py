@@ -109,8 +109,8 @@ def _apply_quantization_round_trip(ref: Any, quantization: str) -> None:
         for name, p in ref.named_parameters():
             if p.ndim == 2 and scheme.weight is not None:
                 w = p.detach().float().numpy()
-                packed, scale = quantize_array(w, scheme.weight, scheme.model_dtype)
-                p.copy_(torch.from_numpy(dequantize_array(packed, scale, w.shape[1], scheme.weight)))
+                stored = quantize_array(w, scheme.weight, scheme.model_dtype)
+                p.copy_(torch.from_numpy(dequantize_array(stored, w.shape[1], scheme.weight)))
             elif scheme.model_dtype == "float16":
                 p.copy_(p.half().float())
 

@@ -37,7 +37,7 @@ def declared_params(arch: Architecture, cfg: Any, scheme: QuantScheme) -> tuple[
 def _stored_to_source(name: str, float_shapes: dict[str, tuple[int, ...]]) -> str:
     if name in float_shapes:
         return name
-    for suffix in (".q_weight", ".q_scale"):
+    for suffix in (".q_weight", ".q_scale", ".q_min"):
         if name.endswith(suffix):
             return name[: -len(suffix)] + ".weight"
     raise KeyError(name)

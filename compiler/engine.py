@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import itertools
 import json
 import queue
 import threading
@@ -60,6 +59,8 @@ from .protocol import (
 )
 from .sampling import SampledToken, Sampler, SamplingParams
 
+# Same as sphere_aae.pipeline.DEFAULT_MODEL; not imported from there because importing the pipeline
+# imports TVM (seconds), which `sphere_aae chat --help` and the pure-logic tests should not pay.
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 
 # --------------------------------------------------------------------------------------------
@@ -473,8 +474,17 @@ class _EngineCore:
         try:
             self._loop()
         finally:
-            for job in [*self._running, *self._waiting]:
-                self._fail(job.request, RuntimeError("the engine was terminated"))
+            terminated = RuntimeError("the engine was terminated")
+            for request in {id(j.request): j.request for j in [*self._running, *self._waiting]}.values():
+                self._fail(request, terminated)
+            # A request submitted while terminate() ran would otherwise wait forever.
+            while True:
+                try:
+                    command, arg = self._commands.get_nowait()
+                except queue.Empty:
+                    break
+                if command == "submit":
+                    self._send(arg, _Failure(terminated))
             self.runtime.close()
 
     # ---- public, thread-safe
@@ -607,6 +617,8 @@ class _EngineCore:
                 self._fail(request, exc)
             return
         for job, row in zip(batch, logits):
+            if job.finished:  # failed together with an earlier choice of its request
+                continue
             job.decode_s += dt
             try:
                 self._step(job, row)
@@ -907,7 +919,11 @@ class Stream:
 
 
 class _Endpoint:
-    def __init__(self, engine: "SphereAaeEngine", kind: str) -> None:
+    """`engine.chat.completions` / `engine.completions`: builds the request body from keyword
+    arguments. The engine's `_create` does the rest, blocking (sync engine) or as a coroutine
+    (async engine, so there `create(...)` is awaited)."""
+
+    def __init__(self, engine: "SphereAaeEngine | AsyncSphereAaeEngine", kind: str) -> None:
         self._engine = engine
         self._kind = kind
 
@@ -915,7 +931,7 @@ class _Endpoint:
         return self._engine._create(self._kind, body)
 
 
-class _SyncChatCompletions(_Endpoint):
+class _ChatCompletions(_Endpoint):
     def create(
         self,
         *,
@@ -935,11 +951,12 @@ class _SyncChatCompletions(_Endpoint):
         logprobs: bool | None = None,
         top_logprobs: int | None = None,
         **extra: Any,  # e.g. repetition_penalty, ignore_eos, max_completion_tokens; unknown names are rejected
-    ) -> ChatCompletion | Stream:
+    ) -> Any:
+        """ChatCompletion or Stream (sync engine); awaitable of ChatCompletion or AsyncStream (async)."""
         return self._run(_body(locals()))
 
 
-class _SyncCompletions(_Endpoint):
+class _Completions(_Endpoint):
     def create(
         self,
         *,
@@ -959,7 +976,8 @@ class _SyncCompletions(_Endpoint):
         logprobs: int | None = None,
         echo: bool | None = None,
         **extra: Any,
-    ) -> Completion | Stream:
+    ) -> Any:
+        """Completion or Stream (sync engine); awaitable of Completion or AsyncStream (async)."""
         return self._run(_body(locals()))
 
 
@@ -981,8 +999,8 @@ class SphereAaeEngine(_Base):
         overrides: str | Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(model, device=device, quantization=quantization, model_lib=model_lib, overrides=overrides)
-        self.chat = _Namespace(completions=_SyncChatCompletions(self, "chat"))
-        self.completions = _SyncCompletions(self, "completion")
+        self.chat = _Namespace(completions=_ChatCompletions(self, "chat"))
+        self.completions = _Completions(self, "completion")
 
     def __enter__(self) -> "SphereAaeEngine":
         return self
@@ -1043,54 +1061,6 @@ class AsyncStream:
         await self.aclose()
 
 
-class _AsyncChatCompletions(_Endpoint):
-    async def create(
-        self,
-        *,
-        messages: Sequence[Mapping[str, Any]],
-        model: str | None = None,
-        stream: bool | None = None,
-        stream_options: Mapping[str, Any] | None = None,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        max_tokens: int | None = None,
-        n: int | None = None,
-        stop: str | Sequence[str] | None = None,
-        seed: int | None = None,
-        frequency_penalty: float | None = None,
-        presence_penalty: float | None = None,
-        logit_bias: Mapping[str, float] | None = None,
-        logprobs: bool | None = None,
-        top_logprobs: int | None = None,
-        **extra: Any,
-    ) -> ChatCompletion | AsyncStream:
-        return await self._run(_body(locals()))
-
-
-class _AsyncCompletions(_Endpoint):
-    async def create(
-        self,
-        *,
-        prompt: str | Sequence[Any],
-        model: str | None = None,
-        stream: bool | None = None,
-        stream_options: Mapping[str, Any] | None = None,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        max_tokens: int | None = None,
-        n: int | None = None,
-        stop: str | Sequence[str] | None = None,
-        seed: int | None = None,
-        frequency_penalty: float | None = None,
-        presence_penalty: float | None = None,
-        logit_bias: Mapping[str, float] | None = None,
-        logprobs: int | None = None,
-        echo: bool | None = None,
-        **extra: Any,
-    ) -> Completion | AsyncStream:
-        return await self._run(_body(locals()))
-
-
 class AsyncSphereAaeEngine(_Base):
     """The engine for asyncio code (and the HTTP server): `await create(...)`, `async for` streams.
     Many requests may be in flight at once; their decode steps are batched together."""
@@ -1105,8 +1075,8 @@ class AsyncSphereAaeEngine(_Base):
         overrides: str | Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(model, device=device, quantization=quantization, model_lib=model_lib, overrides=overrides)
-        self.chat = _Namespace(completions=_AsyncChatCompletions(self, "chat"))
-        self.completions = _AsyncCompletions(self, "completion")
+        self.chat = _Namespace(completions=_ChatCompletions(self, "chat"))
+        self.completions = _Completions(self, "completion")
 
     async def _create(self, kind: str, body: Mapping[str, Any]) -> Any:
         return await self.create_from_body(kind, body)

@@ -102,6 +102,21 @@ def default_model_id(path: Path, quantization: str) -> str:
     return f"{name}-{quantization}"
 
 
+def code_fingerprint() -> str:
+    """Hash of the compiler code that decides what converted weights and libraries contain.
+
+    Part of every cache key, so editing a model file or a quantization scheme can never pair a
+    library with weights (or a reference) produced by different code.
+    """
+    root = Path(__file__).resolve().parent
+    files = sorted([*root.glob("models/*.py"), *root.glob("quantization/*.py"), root / "convert.py",
+                    root / "compile.py", root / "gen_config.py", root / "artifact_format.json"])
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def _source_fingerprint(path: Path) -> str:
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     h = hashlib.sha256()
@@ -158,7 +173,7 @@ def ensure_model_folder(model: str, quantization: str | None, device: str, *, pr
         return path
     quantization = quantization or DEFAULT_QUANTIZATION[device]
     get_scheme(quantization)  # fail fast on a bad name
-    key = hashlib.sha256(f"{path}|{_source_fingerprint(path)}|{quantization}|{__version__}".encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"{path}|{_source_fingerprint(path)}|{quantization}|{code_fingerprint()}".encode()).hexdigest()[:12]
     out = cache_home() / "models" / f"{default_model_id(path, quantization)}-{key}"
     if not (out / artifact.CHAT_CONFIG).is_file():
         if progress:
@@ -174,6 +189,7 @@ def library_key(config: dict[str, Any], device: str, debug_functions: bool) -> s
         "model_config": config["model_config"],
         "meta": compile_metadata(config, device, debug_functions),
         "sphere_aae": __version__,
+        "code": code_fingerprint(),
         "tvm": tvm.__version__,
     }
     material["meta"].pop("model_id")  # the same network under another name shares its library

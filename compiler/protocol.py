@@ -17,7 +17,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from .sampling import SamplingParams
 
@@ -159,7 +159,6 @@ def _logit_bias(value: Any) -> dict[int, float]:
 # --------------------------------------------------------------------------------------------
 # Requests
 
-Role = Literal["system", "developer", "user", "assistant", "tool"]
 _ROLES = ("system", "developer", "user", "assistant", "tool")
 _MESSAGE_KEYS = {"role", "content", "name", "tool_calls", "tool_call_id", "refusal"}
 
@@ -415,6 +414,10 @@ class _Model:
             if value is None and f.name in self._omit_none:
                 continue
             out[f.name] = _dump(value)
+        # Objects that may carry usage (chunks, completions) say whether `usage` is part of
+        # their JSON: a stream shows it (null until the last chunk) only when asked to.
+        if not out.pop("include_usage_field", True) and out.get("usage") is None:
+            out.pop("usage", None)
         return out
 
     def model_dump_json(self) -> str:
@@ -517,13 +520,6 @@ class ChatCompletionChunk(_Model):
     # `usage` appears (as null until the last chunk) only when the client asked for it.
     include_usage_field: bool = field(default=False, repr=False)
 
-    def model_dump(self) -> dict[str, Any]:
-        out = super().model_dump()
-        del out["include_usage_field"]
-        if not self.include_usage_field and self.usage is None:
-            del out["usage"]
-        return out
-
 
 @dataclass
 class CompletionLogprobs(_Model):
@@ -550,14 +546,7 @@ class Completion(_Model):
     usage: CompletionUsage | None
     object: str = "text_completion"
     system_fingerprint: str | None = None
-    include_usage_field: bool = field(default=True, repr=False)
-
-    def model_dump(self) -> dict[str, Any]:
-        out = super().model_dump()
-        del out["include_usage_field"]
-        if not self.include_usage_field and self.usage is None:
-            del out["usage"]
-        return out
+    include_usage_field: bool = field(default=True, repr=False)  # streamed chunks: as asked
 
 
 __all__: Sequence[str] = [

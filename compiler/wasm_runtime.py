@@ -15,7 +15,8 @@ provided by this project in ``wasm_runtime/include/`` (same relative paths as in
 
 Toolchain route (see /work/shared/TOOLCHAIN.md): Debian's emcc 3.1.6 (clang/lld 14) compiles the
 runtime; TVM's LLVM 22 emits the model as a wasm *object file* (not bitcode, which lld 14 cannot
-read), and emcc links both. Linking at ``-O1`` takes about a second.
+read), and emcc links both. Linking at ``-O1`` takes 1-4 s (most of it TVM writing the
+model's objects).
 
 Public API::
 
@@ -43,6 +44,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -55,18 +57,18 @@ if TYPE_CHECKING:  # tvm is imported lazily: `ensure_built` must stay fast and t
     import tvm
 
 __all__ = [
-    "WasmToolchainError",
-    "RuntimeBuild",
-    "LinkResult",
     "RUNTIME_SOURCES",
-    "runtime_dir",
+    "LinkResult",
+    "RuntimeBuild",
+    "WasmToolchainError",
     "build_dir",
-    "ensure_built",
     "build_runtime",
-    "runtime_status",
+    "ensure_built",
     "link_model_wasm",
-    "webgpu_target",
     "required_webgpu_features",
+    "runtime_dir",
+    "runtime_status",
+    "webgpu_target",
 ]
 
 # Bump when the build recipe changes in a way the hashed inputs do not capture.
@@ -76,9 +78,9 @@ _BUILDER_VERSION = "1"
 # "unity" file that #includes the runtime .cc files it needs, so three compiles cover everything.
 RUNTIME_SOURCES: tuple[str, ...] = ("wasm_runtime.cc", "tvmjs_support.cc", "webgpu_runtime.cc")
 
-# The Makefile compiles with -O3. The runtime's hot paths are small (VM dispatch, KV-cache
-# bookkeeping; the real work runs in WGSL on the GPU), so -O2 costs nothing measurable at run
-# time while compiling noticeably faster on a 2-core machine.
+# tvm/web/Makefile compiles with -O3. The runtime's hot paths are small (VM dispatch, KV-cache
+# bookkeeping; the real work runs in WGSL on the GPU), so -O2 gives up nothing that matters, and
+# the build is cached.
 _RUNTIME_OPT = "-O2"
 _RUNTIME_CFLAGS: tuple[str, ...] = (_RUNTIME_OPT, "-std=c++17", "-Wno-ignored-attributes")
 
@@ -244,7 +246,9 @@ def _emcc_identity(emcc: str) -> str:
                 parts.append(config.read_text())
             break
     else:  # unknown layout: ask emcc itself
-        out = subprocess.run([emcc, "--version"], capture_output=True, text=True, env=_emcc_env())
+        out = subprocess.run(
+            [emcc, "--version"], check=False, capture_output=True, text=True, env=_emcc_env()
+        )
         parts.append(out.stdout.splitlines()[0] if out.stdout else out.stderr)
     # These environment variables change which clang/libs emcc uses.
     parts += [f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("EM_")]
@@ -319,9 +323,10 @@ def _object_names(own: list[Path]) -> list[str]:
 
 def _read_stamp(bdir: Path) -> dict[str, Any] | None:
     try:
-        return json.loads((bdir / "stamp.json").read_text())
+        stamp = json.loads((bdir / "stamp.json").read_text())
     except (OSError, ValueError):
         return None
+    return stamp if isinstance(stamp, dict) else None
 
 
 def _is_current(bdir: Path, key: str, names: list[str]) -> bool:
@@ -368,46 +373,72 @@ def _log(progress: bool, msg: str) -> None:
         print(f"{_PREFIX} {msg}", file=sys.stderr, flush=True)
 
 
+@dataclasses.dataclass
+class _CompileJob:
+    source: Path
+    obj: Path
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    log_fh: Any = None
+    started: float = 0.0
+
+    @property
+    def tmp_obj(self) -> Path:
+        return self.obj.with_name(self.obj.name + ".tmp")
+
+
 def _compile_all(
     emcc: str, jobs: list[tuple[Path, Path]], stage: Path, logs: Path, progress: bool
 ) -> None:
     """Compile (source, object) pairs in parallel, one process per CPU core."""
     env = _emcc_env()
     logs.mkdir(parents=True, exist_ok=True)
-    pending = list(jobs)
-    running: list[tuple[subprocess.Popen[bytes], Path, Path, Path, float, Any]] = []
+    # Largest unit first: wasm_runtime.cc alone takes most of the build.
+    pending = [_CompileJob(src, obj, logs / (src.name + ".log")) for src, obj in jobs]
+    pending.sort(key=lambda j: j.source.name != "wasm_runtime.cc")
+    running: list[_CompileJob] = []
     failures: list[str] = []
     max_jobs = max(1, os.cpu_count() or 1)
-    # Largest unit first: wasm_runtime.cc alone takes most of the build.
-    pending.sort(key=lambda j: j[0].name != "wasm_runtime.cc")
-    while pending or running:
-        while pending and len(running) < max_jobs:
-            source, obj = pending.pop(0)
-            tmp_obj = obj.with_name(obj.name + ".tmp")
-            log_path = logs / (source.name + ".log")
-            cmd = [emcc, *_RUNTIME_CFLAGS, *_include_flags(stage), "-c", str(source),
-                   "-o", str(tmp_obj)]  # fmt: skip
-            log_fh = open(log_path, "wb")
-            log_fh.write((" ".join(cmd) + "\n\n").encode())
-            log_fh.flush()
-            proc = subprocess.Popen(cmd, cwd=stage, env=env, stdout=log_fh,
-                                    stderr=subprocess.STDOUT)  # fmt: skip
-            running.append((proc, source, obj, log_path, time.monotonic(), log_fh))
-            _log(progress, f"compiling {source.name} ...")
-        time.sleep(0.2)
-        for entry in list(running):
-            proc, source, obj, log_path, t0, log_fh = entry
-            if proc.poll() is None:
-                continue
-            running.remove(entry)
-            log_fh.close()
-            tmp_obj = obj.with_name(obj.name + ".tmp")
-            if proc.returncode == 0:
-                os.replace(tmp_obj, obj)
-                _log(progress, f"compiled {source.name} in {time.monotonic() - t0:.0f} s")
-            else:
-                tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-25:])
-                failures.append(f"{source.name} (exit {proc.returncode}, log {log_path}):\n{tail}")
+    try:
+        while pending or running:
+            while pending and len(running) < max_jobs:
+                job = pending.pop(0)
+                cmd = [emcc, *_RUNTIME_CFLAGS, *_include_flags(stage), "-c", str(job.source),
+                       "-o", str(job.tmp_obj)]  # fmt: skip
+                job.log_fh = open(job.log_path, "wb")  # noqa: SIM115 -- closed when the job ends
+                job.log_fh.write((" ".join(cmd) + "\n\n").encode())
+                job.log_fh.flush()
+                # Own process group: emcc is a wrapper around clang, so stopping a job early
+                # must signal the whole group, not just the wrapper.
+                job.proc = subprocess.Popen(cmd, cwd=stage, env=env, stdout=job.log_fh,
+                                            stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+                job.started = time.monotonic()
+                running.append(job)
+                _log(progress, f"compiling {job.source.name} ...")
+            time.sleep(0.2)
+            for job in list(running):
+                assert job.proc is not None
+                if job.proc.poll() is None:
+                    continue
+                running.remove(job)
+                job.log_fh.close()
+                if job.proc.returncode == 0:
+                    os.replace(job.tmp_obj, job.obj)
+                    _log(progress, f"compiled {job.source.name} in "
+                                   f"{time.monotonic() - job.started:.0f} s")  # fmt: skip
+                else:
+                    tail = "\n".join(job.log_path.read_text(errors="replace").splitlines()[-25:])
+                    failures.append(f"{job.source.name} (exit {job.proc.returncode}, "
+                                    f"log {job.log_path}):\n{tail}")  # fmt: skip
+    finally:
+        # Interrupted (Ctrl-C) or an error above: stop the compiles this call started.
+        for job in running:
+            assert job.proc is not None
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(job.proc.pid, signal.SIGKILL)
+            job.proc.wait()
+            job.log_fh.close()
+            job.tmp_obj.unlink(missing_ok=True)
     if failures:
         raise WasmToolchainError("compiling the TVM web runtime failed:\n" + "\n\n".join(failures))
 
@@ -440,7 +471,9 @@ def build_runtime(progress: bool = True, force: bool = False) -> RuntimeBuild:
         stage = bdir / "stage"
         _stage_tree(plan, stage)
         (bdir / "obj").mkdir(parents=True, exist_ok=True)
-        jobs = [(stage / "web" / "emcc" / s, bdir / "obj" / n) for s, n in zip(RUNTIME_SOURCES, names)]
+        jobs = [
+            (stage / "web" / "emcc" / s, bdir / "obj" / n) for s, n in zip(RUNTIME_SOURCES, names)
+        ]
         jobs += [(f, bdir / "obj" / f"aae_{f.stem}.o") for f in own]
         _compile_all(emcc, jobs, stage, bdir / "logs", progress)
         seconds = time.monotonic() - t0
@@ -554,7 +587,7 @@ def _make_fcompile(emcc: str, runtime_objects: Sequence[Path], link_flags: Seque
                  **_: Any) -> None:  # fmt: skip
         cmd = [emcc, *link_flags, "-o", output, *map(str, runtime_objects), *objects]
         cmd += list(options or ())
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=_emcc_env())
+        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=_emcc_env())
         if proc.returncode != 0:
             out = (proc.stdout + proc.stderr).strip()
             hint = ""
@@ -582,17 +615,19 @@ def link_model_wasm(
     Builds the runtime first if needed. The file is written atomically: a temporary file in
     the destination folder, then ``os.replace``.
 
-    opt_level: emcc link optimisation. ``-O1`` links in about a second; ``-O2`` and above run
-        binaryen's wasm-opt over the whole runtime (about 40 s at -O2, a minute or more at -O3)
-        for roughly 40% smaller output.
-    strip_names: drop the wasm "name" section (about 1.5 MB at -O1). Keep it (False) to see
-        C++ function names in browser stack traces.
+    opt_level: emcc link optimisation. ``-O1`` links in seconds; ``-O2`` and above also run
+        binaryen's wasm-opt over the whole runtime (a minute or more on 2 cores) for ~25%
+        smaller output (1-layer test model: 5.3 MB at -O1, 4.0 MB at -O2).
+    strip_names: drop the wasm "name" section (about 1.4 MB). Keep it (False) to see C++
+        function names in browser stack traces.
     """
     if opt_level not in _OPT_LEVELS:
         raise ValueError(f"opt_level must be one of {_OPT_LEVELS}, got {opt_level!r}")
     out_path = Path(out_path)
     if out_path.suffix != ".wasm":
-        raise ValueError(f"out_path must end in .wasm (emcc picks the output kind from it): {out_path}")
+        raise ValueError(
+            f"out_path must end in .wasm (emcc picks the output kind from it): {out_path}"
+        )
     root = _export_root(executable)
     _check_wasm_host(root)
 
@@ -601,8 +636,15 @@ def link_model_wasm(
     t1 = time.monotonic()
     emcc = _find_emcc()
     flags = [opt_level, *_LINK_FLAGS]
-    if strip_names:
-        flags.append("-Wl,--strip-all")
+    if opt_level in ("-O0", "-O1"):
+        # emcc keeps the name section below -O2. Strip it in the linker -- but only here:
+        # --strip-all also drops the target_features section, and from -O2 on emcc derives
+        # wasm-opt's feature flags from it (without it wasm-opt assumes MVP and rejects the
+        # sign-ext / bulk-memory ops that TVM's LLVM 22 emits).
+        if strip_names:
+            flags.append("-Wl,--strip-all")
+    elif not strip_names:
+        flags.append("--profiling-funcs")  # -O2+ drops names unless asked to keep them
     flags += list(extra_link_flags)
 
     out_path.parent.mkdir(parents=True, exist_ok=True)

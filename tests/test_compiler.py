@@ -40,7 +40,7 @@ def test_stories260k_llama2c_checkpoint_gives_same_tokens(stories_dir: Path) -> 
     assert r.ids == STORIES_REFERENCE_IDS
 
 
-@pytest.mark.parametrize("quantization", ["q4f32_1", "q8f32_1", "q4f16_1", "q0f16"])
+@pytest.mark.parametrize("quantization", ["q4f32_1", "q4f32_0", "q8f32_1", "q4f16_1", "q0f16"])
 def test_stories260k_quantized_kernels_are_exact(stories_dir: Path, quantization: str) -> None:
     """With transformers on the same (quantized->dequantized) weights, only float rounding differs."""
     r = run_check(str(stories_dir), quantization=quantization, prompt="Once upon a time", max_tokens=16,
@@ -54,8 +54,8 @@ def test_stories260k_quantized_kernels_are_exact(stories_dir: Path, quantization
 def test_stories260k_q4f32_1_against_source_weights(stories_dir: Path) -> None:
     """The quantization error itself: a 260K-parameter model is the worst case for int4."""
     r = run_check(str(stories_dir), quantization="q4f32_1", prompt="Once upon a time", max_tokens=16, progress=False)
-    assert r.min_layer_cosine >= 0.95, r.layer_cosine
-    assert r.text.startswith("Once upon a time")
+    assert r.min_layer_cosine >= 0.98, r.layer_cosine  # measured 0.984 (final layer); SmolLM2 gets > 0.99
+    assert r.tokens_match, (r.text, r.reference_text)
 
 
 TINY_MODELS = {
@@ -85,15 +85,30 @@ def test_tiny_random_models_match_transformers_f32(tiny_models_root: Path, name:
 # -- quantization --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("spec", [GroupQuantSpec(4, 32), GroupQuantSpec(8, 32), GroupQuantSpec(4, 128)])
+@pytest.mark.parametrize("spec", [GroupQuantSpec(4, 32), GroupQuantSpec(8, 32), GroupQuantSpec(4, 128),
+                                  GroupQuantSpec(4, 32, symmetric=True)])
 def test_group_quantization_round_trip(spec: GroupQuantSpec) -> None:
     rng = np.random.default_rng(0)
     w = rng.normal(size=(48, 172)).astype(np.float32)  # 172: not a multiple of the group size
-    packed, scale = quantize_array(w, spec, "float32")
-    assert packed.dtype == np.uint32 and packed.shape == spec.shapes(48, 172)[0]
-    back = dequantize_array(packed, scale, 172, spec)
-    per_elem_scale = np.repeat(scale, spec.group_size, axis=1)[:, :172]
-    assert np.all(np.abs(back - w) <= per_elem_scale / 2 + 1e-6)
+    stored = quantize_array(w, spec, "float32")
+    assert stored["q_weight"].dtype == np.uint32 and stored["q_weight"].shape == spec.shapes(48, 172)[0]
+    assert ("q_min" in stored) == (not spec.symmetric)
+    back = dequantize_array(stored, 172, spec)
+    per_elem_scale = np.repeat(stored["q_scale"], spec.group_size, axis=1)[:, :172]
+    assert np.all(np.abs(back - w) <= per_elem_scale / 2 + 1e-5)
+
+
+def test_asymmetric_int4_reproduces_gguf_q4_1_blocks() -> None:
+    """A GGUF Q4_1 block (w = d*q + m, q in 0..15) survives our q4 round trip exactly."""
+    rng = np.random.default_rng(1)
+    d = rng.uniform(0.01, 0.1, size=(16, 4, 1)).astype(np.float32)
+    m = rng.uniform(-1, 0, size=(16, 4, 1)).astype(np.float32)
+    q = rng.integers(0, 16, size=(16, 4, 32)).astype(np.float32)
+    q[:, :, 0], q[:, :, 1] = 0, 15  # llama.cpp's Q4_1 always uses both ends of the range
+    w = (q * d + m).reshape(16, 128)
+    spec = GroupQuantSpec(4, 32)
+    back = dequantize_array(quantize_array(w, spec, "float32"), 128, spec)
+    assert np.abs(back - w).max() < 1e-6
 
 
 def test_unknown_quantization_is_a_clear_error() -> None:

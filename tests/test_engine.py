@@ -74,13 +74,12 @@ def stories_tokenizer() -> TextTokenizer:
 
 
 @pytest.fixture(scope="module")
-def smollm2_files(tmp_path_factory) -> Path:
+def smollm2_files(tmp_path_factory, smollm2_gguf) -> Path:
     """SmolLM2's tokenizer.json / tokenizer_config.json, rebuilt from its GGUF as gen_config does."""
     from sphere_aae.loaders import gguf_tokenizer_files
-    from sphere_aae.pipeline import resolve_model_path
 
     out = tmp_path_factory.mktemp("smollm2-tokenizer")
-    for name, data in gguf_tokenizer_files(resolve_model_path("SmolLM2-135M-Instruct")).items():
+    for name, data in gguf_tokenizer_files(smollm2_gguf).items():
         (out / name).write_bytes(data)
     return out
 
@@ -374,3 +373,20 @@ def test_async_engine_concurrent_requests_and_cancellation():
         engine.terminate()
     with pytest.raises(RuntimeError, match="terminated"):
         asyncio.run(engine.completions.create(prompt=PROMPT))
+
+
+@pytest.mark.slow
+def test_bench_measures_both_engines_on_the_same_tokens():
+    import json
+
+    from sphere_aae.bench import format_bench, run_bench
+
+    r = run_bench(str(STORIES), quantization="q0f32", prompt=PROMPT, max_tokens=40)
+    assert r["aae"]["text"] == REFERENCE_CONTINUATION == r["transformers"]["text"]
+    for side in ("aae", "transformers"):
+        assert r[side]["completion_tokens"] == 40 and r[side]["prompt_tokens"] == 5
+        for key in ("load_s", "ttft_s", "prefill_tokens_per_s", "decode_tokens_per_s", "peak_rss_mb"):
+            assert r[side][key] > 0, (side, key)
+    report = format_bench(r)
+    assert "time to first token" in report and "agree on the first 24 words" in report
+    json.dumps(r)  # the CLI's --json output

@@ -17,15 +17,13 @@ import random
 import struct
 from pathlib import Path
 
-import numpy as np
 import pytest
 import regex
 
 gguf = pytest.importorskip("gguf")
-from tokenizers import Tokenizer  # noqa: E402
-
 from sphere_aae.loaders import ModelSourceError, gguf_tokenizer_files, load_source  # noqa: E402
 from sphere_aae.loaders.tokenizer_build import VocabSpec, build_tokenizer_files  # noqa: E402
+from tokenizers import Tokenizer  # noqa: E402
 
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "stories260K"
 if not FIXTURE.is_dir():  # the repo may be checked out elsewhere; fall back to the shared path
@@ -74,9 +72,10 @@ class LlamaCppBpe:
         for i, t in enumerate(tokens):
             self.ids.setdefault(t, i)
         self.ranks = {tuple(m.split(" ")): r for r, m in enumerate(merges)}
-        # CONTROL and USER_DEFINED tokens are cut out of the text first, longest first.
+        # UNKNOWN, CONTROL and USER_DEFINED tokens are cut out of the text first, longest
+        # first (llama.cpp's special-token cache).
         self.specials = sorted(
-            (t for t, ty in zip(tokens, types) if ty in (3, 4)), key=len, reverse=True
+            (t for t, ty in zip(tokens, types, strict=True) if ty in (2, 3, 4)), key=len, reverse=True
         )
         self.chain = [regex.compile(p) for p in PRE_CHAINS[pre]]
         self.alpha = gpt2_byte_alphabet()
@@ -278,7 +277,7 @@ def test_smollm2_digit_split_like_hf_smollm2(smol_tok):
 
 def test_smollm2_special_tokens_atomic_and_ids(smol_tok, smol_meta):
     tokens, types = smol_meta["tokens"], smol_meta["types"]
-    control = [(i, t) for i, (t, ty) in enumerate(zip(tokens, types)) if ty == 3]
+    control = [(i, t) for i, (t, ty) in enumerate(zip(tokens, types, strict=True)) if ty == 3]
     assert len(control) == 17
     for i, t in control:
         assert smol_tok.encode(t).ids == [i]
@@ -399,21 +398,108 @@ def write_spm_gguf(path: Path, *, add_bos: bool = True) -> None:
     w.close()
 
 
-def test_spm_gguf_tokenizer_matches_fixture_and_transformers(tmp_path):
+class LlamaCppSpm:
+    """llama.cpp's SentencePiece-BPE encoding, restated: special tokens are cut out first; each
+    stretch of text after the start or a special token gets a " " prefix; spaces become U+2581;
+    then, among adjacent symbols whose concatenation is a vocabulary token, the highest-scoring
+    one is merged (leftmost on ties) until none is left; symbols not in the vocabulary fall back
+    to <0xXX> byte tokens. Scores drive it directly -- no merge list."""
+
+    def __init__(self, tokens, scores, types, add_bos):
+        self.ids = {t: i for i, t in enumerate(tokens)}
+        self.scores = scores
+        self.specials = sorted((t for t, ty in zip(tokens, types, strict=True) if ty in (2, 3, 4)),
+                               key=len, reverse=True)
+        self.add_bos = add_bos
+
+    def _pieces(self, text):
+        syms = list(text)
+        while True:
+            best = None
+            for k in range(len(syms) - 1):
+                i = self.ids.get(syms[k] + syms[k + 1])
+                if i is not None and (best is None or self.scores[i] > best[0]):
+                    best = (self.scores[i], k)
+            if best is None:
+                return syms
+            k = best[1]
+            syms[k:k + 2] = [syms[k] + syms[k + 1]]
+
+    def encode(self, text):
+        frags = [(False, text)] if text else []  # empty input: no text fragment at all
+        for sp in self.specials:
+            out = []
+            for is_sp, frag in frags:
+                if is_sp or sp not in frag:
+                    out.append((is_sp, frag))
+                    continue
+                parts = frag.split(sp)
+                for k, part in enumerate(parts):
+                    if part:
+                        out.append((False, part))
+                    if k < len(parts) - 1:
+                        out.append((True, sp))
+            frags = out
+        ids = [1] if self.add_bos else []
+        prev_special = True
+        for is_sp, frag in frags:
+            if is_sp:
+                ids.append(self.ids[frag])
+                prev_special = True
+                continue
+            text = (" " + frag if prev_special else frag).replace(" ", "\u2581")
+            prev_special = False
+            for piece in self._pieces(text):
+                if piece in self.ids:
+                    ids.append(self.ids[piece])
+                else:
+                    ids.extend(self.ids[f"<0x{b:02X}>"] for b in piece.encode("utf-8"))
+        return ids
+
+
+def test_spm_gguf_tokenizer_matches_llamacpp_fixture_and_transformers(tmp_path):
     transformers = pytest.importorskip("transformers")
     path = tmp_path / "stories-tok.gguf"
     write_spm_gguf(path)
     files = gguf_tokenizer_files(path)
     ours = Tokenizer.from_str(files["tokenizer.json"].decode())
+    llamacpp = LlamaCppSpm(*spm_vocab(), add_bos=True)
     ref = Tokenizer.from_file(str(FIXTURE / "tokenizer.json"))
     hf_gguf = transformers.AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=path.name)
+    skipped = 0
     for t in spm_corpus():
         ids = ours.encode(t).ids
+        assert ids == llamacpp.encode(t), t
+        if any(sp in t for sp in ("<s>", "</s>", "<unk>")) or t[:1].isspace():
+            # Two documented differences of HF's non-legacy Metaspace (the fixture, transformers'
+            # GGUF loader) from llama.cpp / SentencePiece / HF's legacy Llama tokenizer: text after
+            # a special token gets no dummy prefix, and text already starting with a space gets
+            # none either ("  x" -> "▁▁x" instead of "▁▁▁x").
+            skipped += 1
+            continue
         assert ids == ref.encode(t).ids, t
         assert ids == hf_gguf.encode(t), t
+    assert 3 <= skipped < 30
+    assert ours.encode("hello</s>world").ids == llamacpp.encode("hello</s>world")
     cfg = json.loads(files["tokenizer_config.json"])
     assert (cfg["bos_token"], cfg["eos_token"], cfg["unk_token"]) == ("<s>", "</s>", "<unk>")
     assert cfg["add_bos_token"] is True and cfg["model_max_length"] == 512
+
+
+def test_llama2c_scores_agree_with_llamacpp_semantics():
+    """The llama2.c rebuild (merges derived from scores) equals score-driven encoding."""
+    src = load_source(FIXTURE / "llama2c" / "stories260K.bin")
+    ours = Tokenizer.from_str(src.tokenizer_files["tokenizer.json"].decode())
+    llamacpp = LlamaCppSpm(*spm_vocab(), add_bos=True)
+    compared = 0
+    for t in spm_corpus():
+        # llama2.c never parses special tokens out of text; and the rebuild follows the HF
+        # fixture for text starting with a space (see the GGUF test above).
+        if "<" in t or t[:1].isspace():
+            continue
+        compared += 1
+        assert ours.encode(t).ids == llamacpp.encode(t), t
+    assert compared > 200
 
 
 def test_spm_gguf_without_bos(tmp_path):

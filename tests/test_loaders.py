@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from sphere_aae.loaders import (
     SUPPORTED_ARCHITECTURES,
     ModelSourceError,
@@ -290,38 +289,53 @@ def test_smollm2_gguf_config(smol):
           f"{timings['export']:.2f}s")
 
 
-def test_smollm2_greedy_paris(smol):
-    """The rope un-permutation is right iff transformers, given our weights, knows Paris."""
+@pytest.fixture(scope="module")
+def smol_hf_model(smol):
+    """transformers' model + tokenizer, loaded from our export once for the tests below."""
+    torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     _, out, _ = smol
     tok = transformers.AutoTokenizer.from_pretrained(out)
-    prompt = tok("The capital of France is").input_ids
-    ids = greedy(out, prompt, 4)
-    assert tok.decode(ids[len(prompt):]).startswith(" Paris")
+    model = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    return tok, model
 
 
-def test_smollm2_rope_layout_control(smol):
+def test_smollm2_greedy_paris(smol_hf_model):
+    """The rope un-permutation is right iff transformers, given our weights, knows Paris
+    (and, see the control below, reads natural text with a low loss)."""
+    tok, model = smol_hf_model
+    prompt = tok("The capital of France is", return_tensors="pt").input_ids
+    gen = model.generate(prompt, max_new_tokens=4, do_sample=False, pad_token_id=2)
+    assert tok.decode(gen[0, prompt.shape[1]:]).startswith(" Paris")
+
+
+def test_smollm2_rope_layout_control(smol_hf_model):
     """Control for the Paris test: re-applying llama.cpp's q/k permutation must hurt clearly.
 
     A short prompt is a weak witness on its own -- with q and k permuted alike, content attention
     survives and only positions get scrambled, and such a model may still say " Paris" -- so we
     compare the loss on a natural passage: right layout low, wrong layout much higher."""
     torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    _, out, _ = smol
-    tok = transformers.AutoTokenizer.from_pretrained(out)
-    model = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    tok, model = smol_hf_model
     text = ("The capital of France is Paris. Paris is known for the Eiffel Tower, the Louvre "
             "museum, and its cafes. Every year, millions of tourists visit the city to enjoy its "
             "art, food, and history.")
     ids = tok(text, return_tensors="pt").input_ids
-    with torch.no_grad():
-        right = model(ids, labels=ids).loss.item()
-        for layer in model.model.layers:
-            for proj, heads in ((layer.self_attn.q_proj, 9), (layer.self_attn.k_proj, 3)):
-                w = proj.weight
-                w.copy_(w.reshape(heads, 2, 32, 576).transpose(1, 2).reshape(-1, 576))
-        wrong = model(ids, labels=ids).loss.item()
+    saved = {}
+    try:
+        with torch.no_grad():
+            right = model(ids, labels=ids).loss.item()
+            for i, layer in enumerate(model.model.layers):
+                for key, proj, heads in (("q", layer.self_attn.q_proj, 9),
+                                         ("k", layer.self_attn.k_proj, 3)):
+                    w = proj.weight
+                    saved[i, key] = w.clone()
+                    w.copy_(w.reshape(heads, 2, 32, 576).transpose(1, 2).reshape(-1, 576))
+            wrong = model(ids, labels=ids).loss.item()
+    finally:
+        with torch.no_grad():  # leave the shared model as we found it
+            for (i, key), w in saved.items():
+                getattr(model.model.layers[i].self_attn, f"{key}_proj").weight.copy_(w)
     assert right < 2.5 and wrong > right + 0.7, (right, wrong)
 
 

@@ -124,11 +124,12 @@ def test_models_json(srv, tree):
     by_id = {m["model_id"]: m for m in models}
     assert set(by_id) == {"tiny-q0f32", "broken"}
     tiny = by_id["tiny-q0f32"]
-    assert tiny["model_url"] == "/models/tiny-q0f32/"
+    assert tiny["model_url"] == "tiny-q0f32/"  # relative to models.json, as aae-web build writes it
     assert tiny["quantization"] == "q0f32"
     assert tiny["context_window_size"] == 512
     assert tiny["has_webgpu_lib"] is True
-    assert tiny["total_bytes"] == len(SHARD)
+    assert tiny["weights_bytes"] == len(SHARD)
+    assert tiny["wasm"] == "tiny-q0f32-webgpu.wasm"
     assert tiny["num_shards"] == 1
     assert "error" in by_id["broken"]
     assert list_models(tree["root"] / "does-not-exist") == []
@@ -235,3 +236,12 @@ def test_cli_arguments():
     a = p.parse_args(["--port", "9000", "--quiet"])
     assert a.host == "127.0.0.1" and a.port == 9000 and a.quiet
     assert a.site_dir.name == "site" and a.models_dir.name == "models"
+
+
+def test_defaults_point_at_the_repo():
+    repo = Path(__file__).resolve().parents[1]
+    with start_server() as s:  # what `aae-web serve` with no folders uses
+        assert s.app.state.site_dir == (repo / "site").resolve()
+        assert s.app.state.models_dir == (repo / "models").resolve()
+        assert s.app.state.web_dist_dir == (repo / "web" / "dist").resolve()
+        assert httpx.get(s.url + "/models/models.json").status_code == 200

@@ -9,9 +9,10 @@ definition, quantization, export for reference checks) only ever sees this one f
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -54,15 +55,17 @@ class SourceModel:
     path: Path
     format: str  # "hf-safetensors" | "hf-bin" | "gguf" | "llama2c"
     hf_config: dict[str, Any]
-    tensor_names: list[str]
-    tokenizer_files: dict[str, bytes]
+    tensor_names: list[str] = field(repr=False)
+    # File name -> bytes; at least tokenizer.json + tokenizer_config.json whenever the source has a
+    # tokenizer (HF folders also pass special_tokens_map.json / generation_config.json through).
+    tokenizer_files: dict[str, bytes] = field(repr=False)
     # Shape of every tensor in `tensor_names`, known without reading data (for planning/export).
-    tensor_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    tensor_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict, repr=False)
     # Storage type of every tensor as the source holds it ("F32", "BF16", "Q4_1", ...): information
     # only; `get_tensor` always returns float32.
-    source_dtypes: dict[str, str] = field(default_factory=dict)
+    source_dtypes: dict[str, str] = field(default_factory=dict, repr=False)
     # Free-form facts about the source worth reporting (GGUF general.* keys, llama2.c header ...).
-    metadata: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict, repr=False)
     _reader: Callable[[str], np.ndarray] | None = field(default=None, repr=False)
 
     def get_tensor(self, name: str) -> np.ndarray:

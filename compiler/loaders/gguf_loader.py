@@ -142,10 +142,12 @@ def _hf_config(meta: dict[str, Any], tensors: dict[str, Any], rope_freqs: np.nda
     tokens = meta.get("tokenizer.ggml.tokens")
     vocab = key("vocab_size")
     if vocab is None:
-        if tokens:
-            vocab = len(tokens)
-        elif "token_embd.weight" in tensors:
+        # The embedding's row count is the model's vocabulary (it may be padded past the
+        # tokenizer's); the token list is the fallback.
+        if "token_embd.weight" in tensors:
             vocab = tensors["token_embd.weight"].shape[0]  # (vocab, hidden) in numpy order
+        elif tokens:
+            vocab = len(tokens)
         else:
             raise ModelSourceError(f"{where}: cannot tell the vocabulary size (no tokens, no "
                                    f"token_embd.weight)")
@@ -185,7 +187,6 @@ def _hf_config(meta: dict[str, Any], tensors: dict[str, Any], rope_freqs: np.nda
             eos_ids.append(int(extra))
 
     raw = {
-        "architectures": None,  # filled by normalize_hf_config
         "model_type": model_type,
         "hidden_size": hidden,
         "intermediate_size": int(key("feed_forward_length", required=True)),
@@ -208,7 +209,6 @@ def _hf_config(meta: dict[str, Any], tensors: dict[str, Any], rope_freqs: np.nda
         "eos_token_id": (eos_ids[0] if len(eos_ids) == 1 else eos_ids) if eos_ids else None,
         "pad_token_id": meta.get("tokenizer.ggml.padding_token_id"),
     }
-    raw.pop("architectures")
     return normalize_hf_config(raw, where), arch
 
 
@@ -241,6 +241,7 @@ def _vocab_spec(meta: dict[str, Any], where: str) -> VocabSpec | None:
         add_bos=bool(add_bos),
         add_eos=bool(meta.get("tokenizer.ggml.add_eos_token", False)),
         add_space_prefix=bool(meta.get("tokenizer.ggml.add_space_prefix", True)),
+        prefix_after_special=True,  # a GGUF's native tokenizer is llama.cpp's
         chat_template=meta.get("tokenizer.chat_template"),
         model_max_length=None,
         where=where,

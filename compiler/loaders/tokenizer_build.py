@@ -19,10 +19,20 @@ original. Two families:
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+from tokenizers import (
+    AddedToken,
+    Regex,
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+)
 
 from .base import ModelSourceError
 
@@ -133,6 +143,10 @@ class VocabSpec:
     add_bos: bool = False
     add_eos: bool = False
     add_space_prefix: bool = True  # SentencePiece's dummy prefix ("llama" only)
+    # llama.cpp puts the dummy prefix in front of every stretch of text that follows a special
+    # token, not only at the start of the input (Hugging Face's "legacy" Llama tokenizer does the
+    # same; its newer non-legacy mode only prefixes the very start). "llama" only.
+    prefix_after_special: bool = False
     chat_template: str | None = None
     model_max_length: int | None = None
     where: str = "tokenizer"  # names the source in error messages
@@ -184,12 +198,13 @@ def _post_processor(spec: VocabSpec, tokens: list[str]) -> Any:
 def _added_tokens(spec: VocabSpec, types: set[int]) -> tuple[list[AddedToken], list[AddedToken]]:
     """(special, non-special) added tokens: matched whole in the input text, never split.
 
-    CONTROL tokens (<|im_start|>, <s>, ...) are special (skipped when decoding with
-    skip_special_tokens); USER_DEFINED ones are matched whole too but decode as text. Both are
-    `normalized=False`: they match the raw input text exactly, like llama.cpp's special-token pass.
+    CONTROL (<|im_start|>, <s>, ...) and UNKNOWN (<unk>) tokens are special (skipped when decoding
+    with skip_special_tokens); USER_DEFINED ones are matched whole too but decode as text. All are
+    `normalized=False`: they match the raw input text exactly, like llama.cpp's special-token pass
+    (which cuts out exactly these three types).
     """
     special, plain = [], []
-    for i, (tok, ty) in enumerate(zip(spec.tokens, spec.token_types)):
+    for tok, ty in zip(spec.tokens, spec.token_types, strict=True):
         if ty in types and ty != TOKEN_USER_DEFINED:
             special.append(AddedToken(tok, special=True, normalized=False))
         elif ty == TOKEN_USER_DEFINED:
@@ -242,7 +257,7 @@ def _build_byte_level(spec: VocabSpec) -> Tokenizer:
     tk.post_processor = _post_processor(spec, spec.tokens) or processors.ByteLevel(
         trim_offsets=False
     )
-    special, plain = _added_tokens(spec, {TOKEN_CONTROL})
+    special, plain = _added_tokens(spec, {TOKEN_CONTROL, TOKEN_UNKNOWN})
     tk.add_special_tokens(special)
     tk.add_tokens(plain)
     return tk
@@ -263,12 +278,21 @@ def _build_sentencepiece(spec: VocabSpec) -> Tokenizer:
     )
     tk = Tokenizer(bpe)
     # SentencePiece turns spaces into "\u2581" and (add_dummy_prefix) puts one in front of the
-    # text; split=False keeps the whole text one "word", as SentencePiece / llama.cpp encode it.
-    tk.pre_tokenizer = pre_tokenizers.Metaspace(
-        replacement=SPIECE_UNDERLINE,
-        prepend_scheme="first" if spec.add_space_prefix else "never",
-        split=False,
-    )
+    # text; the whole text stays one "word" (no split on spaces), as SentencePiece / llama.cpp
+    # encode it.
+    if spec.add_space_prefix and spec.prefix_after_special:
+        # Added tokens are cut out of the text before normalization, so a normalizer-level
+        # Prepend runs once per stretch of text between special tokens: llama.cpp's behaviour.
+        tk.normalizer = normalizers.Sequence([
+            normalizers.Prepend(SPIECE_UNDERLINE),
+            normalizers.Replace(" ", SPIECE_UNDERLINE),
+        ])
+    else:
+        tk.pre_tokenizer = pre_tokenizers.Metaspace(
+            replacement=SPIECE_UNDERLINE,
+            prepend_scheme="first" if spec.add_space_prefix else "never",
+            split=False,
+        )
     steps = [decoders.Replace(SPIECE_UNDERLINE, " "), decoders.ByteFallback(), decoders.Fuse()]
     if spec.add_space_prefix:
         steps.append(decoders.Strip(content=" ", left=1, right=0))  # drop the dummy prefix

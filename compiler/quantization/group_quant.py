@@ -1,10 +1,17 @@
-"""Symmetric group quantization of weight matrices (the `q4f*_1` family, MLC naming).
+"""Group quantization of weight matrices: `bits`-bit codes, one scale (and minimum) per group.
 
-A weight row of `in` values is split into groups of `group_size`; each group stores one scale
-(`max|w| / max_int`, in the model dtype) and `bits`-bit unsigned codes `round(w / scale) + max_int`,
-packed `32 // bits` to a uint32 along the input dimension. Dequantization is
-`(code - max_int) * scale`; it is written as a TE compute so TVM fuses it into the matmul that
-consumes it (on WebGPU the GEMV kernel reads packed codes straight from the shard bytes).
+A weight row of `in` values is split into groups of `group_size`; codes are packed `32 // bits`
+to a uint32 along the input dimension. Two flavours share everything else:
+
+- symmetric (`q*_0`, MLC's q4f16_1 numerics): scale = max|w| / max_int, code = round(w/scale) +
+  max_int, w = (code - max_int) * scale;
+- asymmetric (`q*_1`, like GGUF's Q4_1): scale = (max - min) / (2^bits - 1), code =
+  round((w - min) / scale), w = code * scale + min. One more value per group, but it uses all
+  2^bits levels over the group's actual range; measured on SmolLM2-135M this is the difference
+  between a final-layer cosine of 0.84 and 0.999 (see the issue notes).
+
+Dequantization is a TE compute so TVM fuses it into the matmul that consumes it (on WebGPU the
+GEMV kernel reads packed codes straight from the shard bytes).
 
 Rows whose length is not a multiple of `group_size` are zero-padded on the right; the padding is
 never read back because the dequantize compute only covers the true `in` columns.
@@ -24,6 +31,7 @@ from tvm.relax.frontend.nn import Tensor, op
 class GroupQuantSpec:
     bits: int = 4
     group_size: int = 32
+    symmetric: bool = False
     storage_dtype: str = "uint32"
 
     @property
@@ -34,6 +42,10 @@ class GroupQuantSpec:
     def max_int(self) -> int:
         return 2 ** (self.bits - 1) - 1
 
+    @property
+    def max_code(self) -> int:
+        return 2 * self.max_int if self.symmetric else 2**self.bits - 1
+
     def padded_in(self, in_features: int) -> int:
         return -(-in_features // self.group_size) * self.group_size
 
@@ -42,69 +54,101 @@ class GroupQuantSpec:
         return (out_features, padded // self.per_storage), (out_features, padded // self.group_size)
 
 
-def quantize_array(weight: np.ndarray, spec: GroupQuantSpec, scale_dtype: str) -> tuple[np.ndarray, np.ndarray]:
-    """float [out, in] -> (packed codes uint32 [out, in_padded/per_storage], scales [out, groups])."""
+def quantize_array(weight: np.ndarray, spec: GroupQuantSpec, scale_dtype: str) -> dict[str, np.ndarray]:
+    """float [out, in] -> {"q_weight": uint32 codes, "q_scale": [out, groups], ("q_min": [out, groups])}."""
     out_features, in_features = weight.shape
     padded = spec.padded_in(in_features)
     w = np.zeros((out_features, padded), dtype=np.float32)
     w[:, :in_features] = weight
+    if padded != in_features:
+        # Pad with a value already in the row's last group so padding never widens its range.
+        w[:, in_features:] = w[:, in_features - 1 : in_features]
     groups = w.reshape(out_features, padded // spec.group_size, spec.group_size)
-    # Scales are stored in the model dtype; quantize against the *rounded* scale so that
-    # dequantization in that dtype reproduces exactly what we chose here.
-    scale = (np.abs(groups).max(axis=2) / spec.max_int).astype(scale_dtype)
-    safe = np.where(scale == 0, 1, scale).astype(np.float32)
-    codes = np.clip(np.rint(groups / safe[:, :, None]) + spec.max_int, 0, 2 * spec.max_int).astype(np.uint32)
+    # Scales (and minima) are stored in the model dtype; codes are chosen against the *rounded*
+    # values so that dequantization in that dtype reproduces exactly what we chose here.
+    if spec.symmetric:
+        scale = (np.abs(groups).max(axis=2) / spec.max_int).astype(scale_dtype)
+        safe = np.where(scale == 0, 1, scale).astype(np.float32)
+        codes = np.rint(groups / safe[:, :, None]) + spec.max_int
+        extra: dict[str, np.ndarray] = {}
+    else:
+        low = groups.min(axis=2).astype(scale_dtype)
+        scale = ((groups.max(axis=2) - low.astype(np.float32)) / spec.max_code).astype(scale_dtype)
+        safe = np.where(scale == 0, 1, scale).astype(np.float32)
+        codes = np.rint((groups - low.astype(np.float32)[:, :, None]) / safe[:, :, None])
+        extra = {"q_min": low}
+    codes = np.clip(codes, 0, spec.max_code).astype(np.uint32)
     codes = codes.reshape(out_features, padded // spec.per_storage, spec.per_storage)
     shifts = (np.arange(spec.per_storage, dtype=np.uint32) * spec.bits)[None, None, :]
     packed = np.bitwise_or.reduce(codes << shifts, axis=2).astype(np.uint32)
-    return packed, scale
+    return {"q_weight": packed, "q_scale": scale, **extra}
 
 
-def dequantize_array(packed: np.ndarray, scale: np.ndarray, in_features: int, spec: GroupQuantSpec) -> np.ndarray:
+def dequantize_array(stored: dict[str, np.ndarray], in_features: int, spec: GroupQuantSpec) -> np.ndarray:
     """The numpy twin of the compiled dequantize, for tests and for `check`'s reference weights."""
+    packed = stored["q_weight"]
     shifts = (np.arange(spec.per_storage, dtype=np.uint32) * spec.bits)[None, None, :]
     codes = (packed[:, :, None] >> shifts) & np.uint32((1 << spec.bits) - 1)
-    codes = codes.reshape(packed.shape[0], -1)[:, :in_features].astype(np.float32) - spec.max_int
-    scales = np.repeat(scale.astype(np.float32), spec.group_size, axis=1)[:, :in_features]
-    return codes * scales
+    codes = codes.reshape(packed.shape[0], -1)[:, :in_features].astype(np.float32)
+    per_elem = lambda a: np.repeat(a.astype(np.float32), spec.group_size, axis=1)[:, :in_features]
+    if spec.symmetric:
+        return (codes - spec.max_int) * per_elem(stored["q_scale"])
+    return codes * per_elem(stored["q_scale"]) + per_elem(stored["q_min"])
 
 
-def _dequantize_te(q_weight: te.Tensor, q_scale: te.Tensor, rows, in_features: int, spec: GroupQuantSpec, dtype: str):
+def _dequantize_te(tensors: list[te.Tensor], rows, in_features: int, spec: GroupQuantSpec, dtype: str):
+    q_weight, q_scale = tensors[0], tensors[1]
     mask = tirx.const((1 << spec.bits) - 1, spec.storage_dtype)
 
     def element(i, j):
         word = q_weight[i, j // spec.per_storage]
         shift = ((j % spec.per_storage) * spec.bits).astype(spec.storage_dtype)
-        code = tirx.bitwise_and(tirx.shift_right(word, shift), mask)
-        return (code.astype(dtype) - tirx.const(spec.max_int, dtype)) * q_scale[i, j // spec.group_size]
+        code = tirx.bitwise_and(tirx.shift_right(word, shift), mask).astype(dtype)
+        group = j // spec.group_size
+        if spec.symmetric:
+            return (code - tirx.const(spec.max_int, dtype)) * q_scale[i, group]
+        return code * q_scale[i, group] + tensors[2][i, group]
 
     return te.compute((rows, in_features), element, name="dequantize")
 
 
-class GroupQuantLinear(nn.Module):
-    """Drop-in for nn.Linear (no bias) holding packed codes + scales."""
+class _QuantizedWeight(nn.Module):
+    """The stored tensors of one quantized matrix: codes, scales and (asymmetric) minima."""
+
+    def _declare(self, out_features: int, in_features: int, spec: GroupQuantSpec, dtype: str) -> None:
+        w_shape, s_shape = spec.shapes(out_features, in_features)
+        self.q_weight = nn.Parameter(w_shape, spec.storage_dtype)
+        self.q_scale = nn.Parameter(s_shape, dtype)
+        if not spec.symmetric:
+            self.q_min = nn.Parameter(s_shape, dtype)
+
+    def _stored(self) -> list[Tensor]:
+        return [self.q_weight, self.q_scale] + ([] if self.spec.symmetric else [self.q_min])
+
+    def _dequantize(self, tensors: list[Tensor], rows, in_features: int, name: str) -> Tensor:
+        return op.tensor_expr_op(
+            lambda *ts: _dequantize_te(list(ts), rows if rows is not None else ts[0].shape[0], in_features, self.spec, self.dtype),
+            name,
+            args=tensors,
+        )
+
+
+class GroupQuantLinear(_QuantizedWeight):
+    """Drop-in for nn.Linear (no bias) holding packed codes + scales (+ minima)."""
 
     def __init__(self, in_features: int, out_features: int, spec: GroupQuantSpec, dtype: str):
         self.in_features = in_features
         self.out_features = out_features
         self.spec = spec
         self.dtype = dtype
-        w_shape, s_shape = spec.shapes(out_features, in_features)
-        self.q_weight = nn.Parameter(w_shape, spec.storage_dtype)
-        self.q_scale = nn.Parameter(s_shape, dtype)
-
-    def dequantized_weight(self) -> Tensor:
-        return op.tensor_expr_op(
-            lambda w, s: _dequantize_te(w, s, self.out_features, self.in_features, self.spec, self.dtype),
-            "dequantize",
-            args=[self.q_weight, self.q_scale],
-        )
+        self._declare(out_features, in_features, spec, dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        return op.matmul(x, op.permute_dims(self.dequantized_weight()))
+        weight = self._dequantize(self._stored(), self.out_features, self.in_features, "dequantize")
+        return op.matmul(x, op.permute_dims(weight))
 
 
-class GroupQuantEmbedding(nn.Module):
+class GroupQuantEmbedding(_QuantizedWeight):
     """Drop-in for models.base.Embedding: gathers packed rows, dequantizes only those."""
 
     def __init__(self, num: int, dim: int, spec: GroupQuantSpec, dtype: str):
@@ -112,27 +156,16 @@ class GroupQuantEmbedding(nn.Module):
         self.dim = dim
         self.spec = spec
         self.dtype = dtype
-        w_shape, s_shape = spec.shapes(num, dim)
-        self.q_weight = nn.Parameter(w_shape, spec.storage_dtype)
-        self.q_scale = nn.Parameter(s_shape, dtype)
+        self._declare(num, dim, spec, dtype)
 
     def forward(self, ids: Tensor) -> Tensor:
         flat = op.reshape(ids, [-1]) if ids.ndim != 1 else ids
-        rows_w = op.take(self.q_weight, flat, axis=0)
-        rows_s = op.take(self.q_scale, flat, axis=0)
-        out = op.tensor_expr_op(
-            lambda w, s: _dequantize_te(w, s, w.shape[0], self.dim, self.spec, self.dtype),
-            "dequantize_rows",
-            args=[rows_w, rows_s],
-        )
+        rows = [op.take(t, flat, axis=0) for t in self._stored()]
+        out = self._dequantize(rows, None, self.dim, "dequantize_rows")
         if ids.ndim != 1:
             out = op.reshape(out, [*ids.shape, self.dim])
         return out
 
     def lm_head_forward(self, hidden: Tensor) -> Tensor:
-        weight = op.tensor_expr_op(
-            lambda w, s: _dequantize_te(w, s, self.num, self.dim, self.spec, self.dtype),
-            "dequantize",
-            args=[self.q_weight, self.q_scale],
-        )
+        weight = self._dequantize(self._stored(), self.num, self.dim, "dequantize")
         return op.matmul(hidden, op.permute_dims(weight))

@@ -224,12 +224,12 @@ def safe_join(root: Path, rel: str) -> Path | None:
 # models.json
 
 
-def list_models(models_dir: Path, url_prefix: str = "/models/") -> list[dict[str, Any]]:
+def list_models(models_dir: Path) -> list[dict[str, Any]]:
     """One entry per folder under `models_dir` holding an aae-chat-config.json.
 
-    `model_url` is absolute-path (`/models/<dir>/`), which the engine resolves against the page.
-    Extra fields feed the demo's model picker. A folder whose config does not parse is listed with
-    an `error` so the page can say why it cannot load it, rather than silently hiding it.
+    Same fields as the models.json that `aae-web build` writes (model_url relative to models.json,
+    so `<dir>/`), plus a few the demo's picker shows. A folder whose config does not parse is listed
+    with an `error`, so the page can say why it cannot load it rather than silently hiding it.
     """
     out: list[dict[str, Any]] = []
     if not models_dir.is_dir():
@@ -238,26 +238,29 @@ def list_models(models_dir: Path, url_prefix: str = "/models/") -> list[dict[str
         cfg_path = d / CHAT_CONFIG
         if d.name.startswith(".") or not d.is_dir() or not cfg_path.is_file():
             continue
-        entry: dict[str, Any] = {"model_id": d.name, "model_url": f"{url_prefix}{d.name}/"}
+        entry: dict[str, Any] = {"model_id": d.name, "model_url": f"{d.name}/"}
         try:
             cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+            if not isinstance(cfg, dict):
+                raise ValueError("not a JSON object")
         except (OSError, ValueError) as e:
             entry["error"] = f"{CHAT_CONFIG} is not valid JSON: {e}"
             out.append(entry)
             continue
         entry["model_id"] = cfg.get("model_id") or d.name
-        for key in ("model_type", "quantization", "context_window_size", "format_version", "required_features"):
+        for key in ("quantization", "model_type", "required_features", "context_window_size", "format_version"):
             if key in cfg:
                 entry[key] = cfg[key]
-        entry["has_chat_template"] = bool(cfg.get("chat_template"))
         lib = (cfg.get("model_lib") or {}).get("webgpu")
+        if lib:
+            entry["wasm"] = lib
         entry["has_webgpu_lib"] = bool(lib) and (d / lib).is_file()
-        man_path = d / (cfg.get("manifest") or MANIFEST)
+        entry["has_chat_template"] = bool(cfg.get("chat_template"))
         try:
-            man = json.loads(man_path.read_text(encoding="utf-8"))
-            entry["total_bytes"] = man.get("total_bytes")
+            man = json.loads((d / (cfg.get("manifest") or MANIFEST)).read_text(encoding="utf-8"))
+            entry["weights_bytes"] = man.get("total_bytes")
             entry["num_shards"] = len(man.get("shards") or [])
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):
             pass
         out.append(entry)
     return out

@@ -1,0 +1,60 @@
+// Build: type-check + emit typings with tsc, then bundle src/index.ts and its dependencies
+// (tvmjs, tokenizers, jinja) into one ES module, dist/index.js, importable by a page or a module
+// worker as-is (no import map, no bundler on the user's side).
+import { build } from "esbuild";
+import { execFileSync } from "node:child_process";
+import { existsSync, readFileSync, rmSync, writeFileSync, statSync } from "node:fs";
+import { dirname, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), "..");
+const dist = resolve(root, "dist");
+rmSync(dist, { recursive: true, force: true });
+
+execFileSync(process.execPath, [resolve(root, "scripts/sync-artifact-format.mjs")], { stdio: "inherit" });
+execFileSync(process.execPath, [resolve(root, "node_modules/typescript/bin/tsc"), "-p", resolve(root, "tsconfig.json")], { stdio: "inherit" });
+
+// The packages esbuild inlines into dist/index.js, whose licenses must travel with it.
+const BUNDLED = ["@mlc-ai/web-runtime", "@huggingface/tokenizers", "@huggingface/jinja"];
+
+await build({
+  entryPoints: [resolve(root, "src/index.ts")],
+  outfile: resolve(dist, "index.js"),
+  bundle: true,
+  format: "esm",
+  platform: "browser",
+  target: "es2022",
+  minify: true,
+  sourcemap: "linked",
+  // Minifying drops the bundled packages' license headers; THIRD_PARTY_LICENSES.txt carries them.
+  legalComments: "none",
+  banner: { js: `/*! @astro/aae-web: bundles ${BUNDLED.join(", ")}; see THIRD_PARTY_LICENSES.txt */` },
+  // tvmjs' Emscripten WASI shim mentions Node modules behind `if (node)` branches; they never run
+  // in a browser, and under Node engine.ts provides `require` itself.
+  external: ["fs", "path", "perf_hooks", "ws", "crypto", "url", "module"],
+  logLevel: "warning",
+});
+
+// A ready-made worker script: `new Worker("/web/dist/worker.js", {type: "module"})` needs no code.
+writeFileSync(
+  resolve(dist, "worker.js"),
+  `// Module worker hosting the engine; pair it with CreateWebWorkerEngine on the page.
+import { WebWorkerEngineHandler } from "./index.js";
+const handler = new WebWorkerEngineHandler();
+self.onmessage = (msg) => handler.onmessage(msg);
+`,
+);
+
+let notices = "Third-party software bundled into dist/index.js\n";
+for (const name of BUNDLED) {
+  const dir = resolve(root, "node_modules", name);
+  const pkg = JSON.parse(readFileSync(resolve(dir, "package.json"), "utf8"));
+  notices += `\n${"=".repeat(78)}\n${name} ${pkg.version} (${pkg.license})\n${"=".repeat(78)}\n`;
+  for (const f of ["NOTICE", "LICENSE"]) {
+    if (existsSync(resolve(dir, f))) notices += `\n${readFileSync(resolve(dir, f), "utf8").trim()}\n`;
+  }
+}
+writeFileSync(resolve(dist, "THIRD_PARTY_LICENSES.txt"), notices);
+
+const kb = (f) => (statSync(resolve(dist, f)).size / 1024).toFixed(0) + " KiB";
+console.log(`dist/index.js ${kb("index.js")}, dist/worker.js ${kb("worker.js")}`);

@@ -1,0 +1,33 @@
+// Copies the artifact contract's machine-readable half (compiler/artifact_format.json, owned by the
+// compiler) into src/ so artifact.ts can import it. Run before every build and test (npm pre-hooks):
+// the copy is generated, never edited, and gitignored, so the two sides cannot drift silently.
+import { copyFileSync, existsSync, readFileSync } from "node:fs";
+import { dirname, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const source = resolve(here, "../../compiler/artifact_format.json");
+const target = resolve(here, "../src/artifact_format.json");
+
+if (!existsSync(source)) {
+  if (existsSync(target)) {
+    console.warn(`sync-artifact-format: ${source} not found; keeping the existing copy`);
+    process.exit(0);
+  }
+  console.error(`sync-artifact-format: ${source} not found and no copy exists; cannot build`);
+  process.exit(1);
+}
+
+// Fail the build here, with a readable message, if the contract lost a key artifact.ts reads.
+const format = JSON.parse(readFileSync(source, "utf8"));
+const needed = ["format_version", "files", "tensor_alignment", "kv_page_size", "dtype_bytes",
+  "chat_config_required", "manifest_required", "shard_required", "tensor_required", "kv_builtins"];
+const missing = needed.filter((k) => !(k in format));
+for (const k of ["chat_config", "manifest", "model_lib_pattern"]) {
+  if (!format.files || !(k in format.files)) missing.push(`files.${k}`);
+}
+if (missing.length) {
+  console.error(`sync-artifact-format: ${source} lacks ${missing.join(", ")} (web/src/artifact.ts reads them)`);
+  process.exit(1);
+}
+copyFileSync(source, target);

@@ -1,0 +1,1185 @@
+/**
+ * The in-page engine: loads a model folder (ARTIFACT.md) onto WebGPU through tvmjs and serves
+ * OpenAI-shaped chat completions from it.
+ *
+ * Two layers:
+ *  - `ForwardBackend` is the model itself: prefill / decode returning last-position logits, and
+ *    KV-cache bookkeeping. `TVMBackend` implements it with the compiled VM functions and TVM's
+ *    paged KV cache; tests implement it with a fake.
+ *  - `Engine` is everything else: request validation, chat template, tokenization, KV reuse across
+ *    turns, chunked prefill, the decode loop, sampling, stop strings, streaming, interrupt, stats.
+ */
+import tvmjs from "@mlc-ai/web-runtime";
+import type { Instance, PackedFunc, Tensor, TVMObject, VirtualMachine } from "@mlc-ai/web-runtime";
+
+import {
+  CHAT_CONFIG_FILE,
+  KV_BUILTINS,
+  KV_PAGE_SIZE,
+  TOKENIZER_CONFIG_FILE,
+  TOKENIZER_FILE,
+  VM_FUNCTIONS,
+  fileUrl,
+  modelLibFile,
+  normalizeBaseUrl,
+  parseChatConfig,
+  parseManifest,
+  type ChatConfig,
+  type TensorManifest,
+} from "./artifact.js";
+import {
+  ArtifactLoader,
+  CacheApiStore,
+  IndexedDBStore,
+  deleteCachedFolder,
+  isModelCached,
+  type ByteStore,
+  type LoadPhase,
+  type LoadProgress,
+} from "./cache.js";
+import {
+  ArtifactFormatError,
+  ContextWindowExceededError,
+  DeviceLostError,
+  EngineNotLoadedError,
+  FeatureNotSupportedError,
+  InvalidRequestError,
+  ModelNotFoundError,
+  NetworkError,
+  WebGPUNotAvailableError,
+} from "./errors.js";
+import {
+  parseChatRequest,
+  parseCompletionRequest,
+  type ChatCompletion,
+  type ChatCompletionChunk,
+  type ChatCompletionRequest,
+  type ChatCompletionRequestNonStreaming,
+  type ChatCompletionRequestStreaming,
+  type ChatCompletionTokenLogprob,
+  type Completion,
+  type CompletionRequest,
+  type CompletionRequestNonStreaming,
+  type CompletionRequestStreaming,
+  type CompletionUsage,
+  type FinishReason,
+  type ParsedSampling,
+} from "./protocol.js";
+import { Sampler, logSoftmax, randomSeed, topK, type SamplingParams } from "./sampling.js";
+import { ChatTemplate } from "./template.js";
+import { StreamingDetokenizer, TextTokenizer } from "./tokenizer.js";
+
+// ---------------------------------------------------------------------------------------------
+// Public configuration types
+
+export interface ModelRecord {
+  model_id: string;
+  /** Base URL of the model folder (absolute, or relative to the page). */
+  model_url: string;
+  /** Optional URL of the .wasm when it is not in the folder (else chat config's model_lib.webgpu). */
+  model_lib_url?: string;
+  /** Anything else (size, description...) is carried along untouched, e.g. for a model picker. */
+  [key: string]: unknown;
+}
+
+export interface AppConfig {
+  model_list: ModelRecord[];
+  /** Store model files in IndexedDB instead of the Cache API. */
+  useIndexedDBCache?: boolean;
+}
+
+export interface InitProgressReport {
+  /** 0..1 over the whole load (download then compile). */
+  progress: number;
+  /** Seconds since the load started. */
+  timeElapsed: number;
+  text: string;
+  phase: LoadPhase;
+  loadedBytes: number;
+  totalBytes: number;
+  loadedShards: number;
+  totalShards: number;
+  cachedBytes: number;
+}
+export type InitProgressCallback = (report: InitProgressReport) => void;
+
+export interface EngineConfig {
+  appConfig?: AppConfig;
+  initProgressCallback?: InitProgressCallback;
+  /** Passed to navigator.gpu.requestAdapter (e.g. {featureLevel: "compatibility"}). */
+  requestAdapterOptions?: GPURequestAdapterOptions;
+  /** The WebGPU entry point; default navigator.gpu. Lets Node (npm `webgpu`) run the engine. */
+  gpu?: GPU;
+  /** Where model files are cached; default Cache API (or IndexedDB per appConfig); null: none. */
+  store?: ByteStore | null;
+  /** Shards downloaded at once (default 4). */
+  maxConcurrentDownloads?: number;
+  /** Re-hash cached shards on load (default true). */
+  verifyCachedShards?: boolean;
+  logger?: (message: string) => void;
+  fetch?: typeof fetch;
+}
+
+/** What both the in-page engine and the worker proxy offer. */
+export interface EngineInterface {
+  readonly chat: {
+    readonly completions: {
+      create(request: ChatCompletionRequestNonStreaming): Promise<ChatCompletion>;
+      create(request: ChatCompletionRequestStreaming): Promise<AsyncIterable<ChatCompletionChunk>>;
+      create(request: ChatCompletionRequest): Promise<ChatCompletion | AsyncIterable<ChatCompletionChunk>>;
+    };
+  };
+  readonly completions: {
+    create(request: CompletionRequestNonStreaming): Promise<Completion>;
+    create(request: CompletionRequestStreaming): Promise<AsyncIterable<Completion>>;
+    create(request: CompletionRequest): Promise<Completion | AsyncIterable<Completion>>;
+  };
+  reload(modelId: string): Promise<void>;
+  resetChat(): Promise<void>;
+  interruptGenerate(): void;
+  runtimeStatsText(): Promise<string>;
+  unload(): Promise<void>;
+  setInitProgressCallback(cb: InitProgressCallback | undefined): void;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The model backend
+
+export interface ForwardBackend {
+  readonly vocabSize: number;
+  /**
+   * Append `tokens` (at most prefill_chunk_size) to the sequence. Returns the logits of the last
+   * position when `wantLogits`, else null (intermediate chunks skip the GPU->CPU copy).
+   */
+  prefill(tokens: readonly number[], wantLogits: boolean): Promise<Float32Array | null>;
+  /** Append one token; returns its logits. */
+  decode(token: number): Promise<Float32Array>;
+  /** Drop the last n tokens from the KV cache; false when the runtime cannot (caller resets). */
+  popN(n: number): boolean;
+  /** Empty the KV cache. */
+  reset(): void;
+  statsText(): string;
+  dispose(): void;
+}
+
+/** Everything a loaded model needs besides the backend. */
+export interface LoadedModel {
+  modelId: string;
+  config: ChatConfig;
+  tokenizer: TextTokenizer;
+  template: ChatTemplate;
+  backend: ForwardBackend;
+}
+
+// ---------------------------------------------------------------------------------------------
+// WebGPU device
+
+interface GPUSetup {
+  device: GPUDevice;
+  adapterDescription: string;
+}
+
+async function requestDevice(gpu: GPU | undefined, requiredFeatures: readonly string[], adapterOptions?: GPURequestAdapterOptions): Promise<GPUSetup> {
+  if (!gpu) {
+    throw new WebGPUNotAvailableError(
+      "WebGPU is not available here (navigator.gpu is missing). Use a browser with WebGPU " +
+        "(Chrome/Edge 113+, Safari 26+, Firefox 141+ on Windows) and serve the page over https or localhost.",
+    );
+  }
+  const adapter = await gpu.requestAdapter(adapterOptions ?? { powerPreference: "high-performance" });
+  if (!adapter) {
+    throw new WebGPUNotAvailableError(
+      "WebGPU is present but no GPU adapter is available (blocklisted driver, or GPU access disabled).",
+    );
+  }
+  const info = adapter.info;
+  const adapterDescription = info ? [info.vendor, info.architecture, info.description].filter(Boolean).join(" ") || "unknown adapter" : "unknown adapter";
+  for (const f of requiredFeatures) {
+    if (!adapter.features.has(f)) {
+      throw new FeatureNotSupportedError(
+        `This model needs the WebGPU feature "${f}", which this GPU/browser (${adapterDescription}) does not offer. ` +
+          (f === "shader-f16" ? "Use a build of the model with an f32 quantization (e.g. q4f32_1)." : ""),
+        { feature: f, adapter: adapterDescription },
+      );
+    }
+  }
+  // Also enable the optional features TVM's kernels may use when present; it costs nothing.
+  const features = new Set<GPUFeatureName>(requiredFeatures as GPUFeatureName[]);
+  for (const f of ["shader-f16", "subgroups"] as GPUFeatureName[]) if (adapter.features.has(f)) features.add(f);
+  // Ask for the adapter's maxima: model kernels bind large weight buffers and big workgroups,
+  // and defaults (128 MiB bindings, 256 invocations) are too small for real models.
+  const l = adapter.limits as unknown as Record<string, number | undefined>;
+  const requiredLimits: Record<string, number> = {};
+  for (const k of [
+    "maxBufferSize",
+    "maxStorageBufferBindingSize",
+    "maxComputeWorkgroupStorageSize",
+    "maxStorageBuffersPerShaderStage",
+    "maxComputeInvocationsPerWorkgroup",
+    "maxComputeWorkgroupSizeX",
+    "maxComputeWorkgroupSizeY",
+    "maxComputeWorkgroupSizeZ",
+  ]) {
+    const v = l[k];
+    if (typeof v === "number") requiredLimits[k] = v;
+  }
+  const device = await adapter.requestDevice({ requiredFeatures: [...features], requiredLimits });
+  return { device, adapterDescription };
+}
+
+// ---------------------------------------------------------------------------------------------
+// TVM backend
+
+/** Give tvmjs' bundled Emscripten WASI shim the CommonJS globals it expects under Node (never in browsers). */
+async function ensureNodeRequire(): Promise<void> {
+  const g = globalThis as Record<string, unknown>;
+  const proc = g["process"] as { versions?: { node?: string } } | undefined;
+  if (proc?.versions?.node && typeof g["require"] === "undefined") {
+    // Computed at run time so no bundler (ours or a page's) tries to resolve a Node builtin.
+    const spec = ["node", "module"].join(":");
+    const mod = (await import(/* @vite-ignore */ /* webpackIgnore: true */ spec)) as { createRequire(url: string): unknown };
+    g["require"] = mod.createRequire(import.meta.url);
+  }
+  // The same shim reads __dirname (an ES module has none) to locate files it never loads.
+  if (proc?.versions?.node && typeof g["__dirname"] === "undefined") {
+    g["__dirname"] = (g["process"] as { cwd(): string }).cwd();
+  }
+}
+
+function int64(v: number): unknown {
+  // Integers must cross into TVM as int64 scalars: a bare JS number is passed as a float.
+  return new tvmjs.Scalar(v, "int64");
+}
+
+export class TVMBackend implements ForwardBackend {
+  readonly vocabSize: number;
+  private readonly tvm: Instance;
+  private readonly config: ChatConfig;
+  private readonly params: TVMObject;
+  private readonly paramTensors: Tensor[];
+  private readonly vm: VirtualMachine;
+  private readonly fEmbed: PackedFunc;
+  private readonly fPrefill: PackedFunc;
+  private readonly fDecode: PackedFunc;
+  private readonly fBegin: PackedFunc;
+  private readonly fEnd: PackedFunc;
+  private readonly fClear: PackedFunc;
+  private readonly fAddSeq: PackedFunc;
+  private readonly fPopN: PackedFunc | undefined;
+  private readonly fEnableSlidingWindow: PackedFunc | undefined;
+  private readonly kv: TVMObject;
+  private logitsCPU: Tensor | undefined;
+  private disposed = false;
+
+  private constructor(tvm: Instance, config: ChatConfig, paramTensors: Tensor[]) {
+    this.tvm = tvm;
+    this.config = config;
+    this.vocabSize = config.model_config.vocab_size;
+    this.paramTensors = paramTensors;
+    const detach = <T extends { dispose(): void }>(x: T): T => tvm.detachFromCurrentScope(x);
+    tvm.beginScope();
+    try {
+      this.params = detach(tvm.makeTVMArray(paramTensors));
+      this.vm = detach(tvm.createVirtualMachine(tvm.webgpu()));
+      this.fEmbed = detach(this.vm.getFunction(VM_FUNCTIONS.embed));
+      this.fPrefill = detach(this.vm.getFunction(VM_FUNCTIONS.prefill));
+      this.fDecode = detach(this.vm.getFunction(VM_FUNCTIONS.decode));
+      this.fBegin = detach(tvm.getGlobalFunc(KV_BUILTINS.begin_forward));
+      this.fEnd = detach(tvm.getGlobalFunc(KV_BUILTINS.end_forward));
+      this.fClear = detach(tvm.getGlobalFunc(KV_BUILTINS.clear));
+      this.fAddSeq = detach(tvm.getGlobalFunc(KV_BUILTINS.add_sequence));
+      // PopN lets a new turn reuse the shared prefix of the KV cache; optional.
+      this.fPopN = TVMBackend.optionalGlobal(tvm, "vm.builtin.kv_state_popn");
+      this.fEnableSlidingWindow =
+        config.sliding_window_size > 0 ? TVMBackend.optionalGlobal(tvm, KV_BUILTINS.enable_sliding_window) : undefined;
+      const fCreateKV = this.vm.getFunction(VM_FUNCTIONS.createKVCache);
+      const shape = (v: number) => tvm.makeShapeTuple([v]);
+      this.kv = detach(
+        fCreateKV(
+          shape(1), // max_batch_size: one conversation per engine
+          shape(config.context_window_size), // max_total_seq_len
+          shape(config.prefill_chunk_size),
+          shape(KV_PAGE_SIZE),
+          shape(config.sliding_window_size > 0 ? 1 : 0),
+        ) as TVMObject,
+      );
+      this.addSequence();
+    } finally {
+      tvm.endScope();
+    }
+  }
+
+  private static optionalGlobal(tvm: Instance, name: string): PackedFunc | undefined {
+    try {
+      return tvm.detachFromCurrentScope(tvm.getGlobalFunc(name));
+    } catch {
+      return undefined;
+    }
+  }
+
+  private addSequence(): void {
+    this.fAddSeq(this.kv, int64(0));
+    if (this.fEnableSlidingWindow) {
+      this.fEnableSlidingWindow(this.kv, int64(0), int64(this.config.sliding_window_size), int64(0));
+    }
+  }
+
+  /**
+   * Instantiate the model wasm, upload every weight (as shards arrive), compile the kernels.
+   * `onPhase` reports "compile" progress; download progress comes from the loader.
+   */
+  static async load(args: {
+    wasm: Uint8Array;
+    wasmUrl: string;
+    device: GPUDevice;
+    config: ChatConfig;
+    manifest: TensorManifest;
+    baseUrl: string;
+    loader: ArtifactLoader;
+    logger: (msg: string) => void;
+    onCompileProgress: (fraction: number, text: string) => void;
+  }): Promise<TVMBackend> {
+    const { config, manifest } = args;
+    await ensureNodeRequire();
+    const wasmBuffer = args.wasm.buffer.slice(args.wasm.byteOffset, args.wasm.byteOffset + args.wasm.byteLength) as ArrayBuffer;
+    let tvm: Instance;
+    try {
+      tvm = await tvmjs.instantiate(wasmBuffer, tvmjs.createPolyfillWASI() as unknown as Record<string, unknown>, args.logger);
+    } catch (e) {
+      throw new ArtifactFormatError(
+        `The model library (${args.wasmUrl}) could not be instantiated: ${(e as Error)?.message ?? String(e)}. ` +
+          `Rebuild it with \`sphere_aae compile --device webgpu\` (it must match this engine's TVM runtime).`,
+        { url: args.wasmUrl },
+        { cause: e },
+      );
+    }
+    try {
+      tvm.initWebGPU(args.device);
+      const dev = tvm.webgpu();
+      const tensors: Tensor[] = new Array(manifest.tensors.length);
+      const byShard: number[][] = manifest.shards.map(() => []);
+      manifest.tensors.forEach((t, i) => byShard[t.shard]!.push(i));
+
+      await args.loader.loadShards(args.baseUrl, manifest, (shardIndex, bytes) => {
+        tvm.beginScope();
+        try {
+          for (const i of byShard[shardIndex]!) {
+            const t = manifest.tensors[i]!;
+            const gpu = tvm.detachFromCurrentScope(tvm.empty(t.shape, t.dtype, dev));
+            const data = bytes.subarray(t.byte_offset, t.byte_offset + t.bytes);
+            if (t.bytes % 4 === 0) {
+              gpu.copyFromRawBytes(data);
+            } else {
+              // WebGPU writes need 4-byte sizes; odd-sized tensors go through a CPU staging tensor.
+              const cpu = tvm.empty(t.shape, t.dtype, tvm.cpu());
+              cpu.copyFromRawBytes(data);
+              gpu.copyFrom(cpu);
+            }
+            tensors[i] = gpu;
+          }
+        } finally {
+          tvm.endScope();
+        }
+      });
+      await dev.sync();
+
+      tvm.registerInitProgressCallback((r) => args.onCompileProgress(r.progress, r.text));
+      const backend = new TVMBackend(tvm, config, tensors);
+      // Compile every WGSL kernel now (asynchronously, in parallel) rather than on first use.
+      await tvm.asyncLoadWebGPUPipelines(backend.vm.getInternalModule());
+      args.onCompileProgress(1, "GPU kernels ready");
+      return backend;
+    } catch (e) {
+      try {
+        tvm.dispose();
+      } catch {
+        /* already gone */
+      }
+      throw e;
+    }
+  }
+
+  /** Runs embed + (prefill|decode) for `tokens` inside one TVM scope; returns logits or null. */
+  private async forward(tokens: readonly number[], fn: PackedFunc, wantLogits: boolean): Promise<Float32Array | null> {
+    if (this.disposed) throw new EngineNotLoadedError("The model was unloaded");
+    const tvm = this.tvm;
+    const dev = tvm.webgpu();
+    tvm.beginScope();
+    try {
+      const n = tokens.length;
+      const ids = tvm.empty([n], "int32", dev);
+      ids.copyFrom(Int32Array.from(tokens));
+      const embed = this.fEmbed(ids, this.params) as Tensor;
+      const embed3 = embed.view([1, n, embed.shape[embed.shape.length - 1]!]);
+      this.fBegin(this.kv, tvm.makeShapeTuple([0]), tvm.makeShapeTuple([n]));
+      const ret = fn(embed3, this.kv, this.params) as { get(i: number): unknown };
+      this.fEnd(this.kv);
+      if (!wantLogits) return null;
+      const logits = ret.get(0) as Tensor;
+      if (!this.logitsCPU) {
+        this.logitsCPU = tvm.detachFromCurrentScope(tvm.empty(logits.shape, logits.dtype, tvm.cpu()));
+      }
+      this.logitsCPU.copyFrom(logits);
+      // Wait inside the scope so the GPU logits buffer outlives the copy that reads it.
+      await dev.sync();
+      return this.logitsCPU.toArray() as Float32Array;
+    } finally {
+      tvm.endScope();
+    }
+  }
+
+  prefill(tokens: readonly number[], wantLogits: boolean): Promise<Float32Array | null> {
+    return this.forward(tokens, this.fPrefill, wantLogits);
+  }
+
+  async decode(token: number): Promise<Float32Array> {
+    return (await this.forward([token], this.fDecode, true))!;
+  }
+
+  popN(n: number): boolean {
+    if (!this.fPopN) return false;
+    this.fPopN(this.kv, int64(0), int64(n));
+    return true;
+  }
+
+  reset(): void {
+    this.fClear(this.kv);
+    this.addSequence();
+  }
+
+  statsText(): string {
+    try {
+      return this.tvm.runtimeStatsText();
+    } catch {
+      return "";
+    }
+  }
+
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    const objs: Array<{ dispose(): void } | undefined> = [
+      this.logitsCPU, this.kv, this.params, ...this.paramTensors, this.fEmbed, this.fPrefill, this.fDecode,
+      this.fBegin, this.fEnd, this.fClear, this.fAddSeq, this.fPopN, this.fEnableSlidingWindow, this.vm,
+    ];
+    for (const o of objs) {
+      try {
+        o?.dispose();
+      } catch {
+        /* the device may already be lost; the instance dispose below frees everything anyway */
+      }
+    }
+    try {
+      this.tvm.dispose(); // also destroys the GPUDevice, releasing all GPU memory
+    } catch {
+      /* already disposed (device lost) */
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stop strings
+
+/**
+ * Finds stop strings in streamed text. Text that could be the start of a stop string is held
+ * back until it is known not to be one, so a stop string never leaks to the caller in pieces.
+ */
+export class StopMatcher {
+  private readonly stops: readonly string[];
+  private pending = "";
+
+  constructor(stops: readonly string[]) {
+    this.stops = stops;
+  }
+
+  /** Feed new text; returns text safe to emit and whether a stop string was hit. */
+  push(text: string): { emit: string; stopped: boolean } {
+    if (this.stops.length === 0) return { emit: text, stopped: false };
+    const buf = this.pending + text;
+    let cut = -1;
+    for (const s of this.stops) {
+      const i = buf.indexOf(s);
+      if (i >= 0 && (cut < 0 || i < cut)) cut = i;
+    }
+    if (cut >= 0) {
+      this.pending = "";
+      return { emit: buf.slice(0, cut), stopped: true };
+    }
+    // Hold back the longest suffix that is a proper prefix of some stop string.
+    let hold = 0;
+    for (const s of this.stops) {
+      for (let k = Math.min(s.length - 1, buf.length); k > hold; k--) {
+        if (buf.endsWith(s.slice(0, k))) {
+          hold = k;
+          break;
+        }
+      }
+    }
+    this.pending = buf.slice(buf.length - hold);
+    return { emit: buf.slice(0, buf.length - hold), stopped: false };
+  }
+
+  /** End of generation: whatever was held back was not a stop string. */
+  flush(): string {
+    const p = this.pending;
+    this.pending = "";
+    return p;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Engine
+
+interface GenerationStep {
+  text: string;
+  logprobs: ChatCompletionTokenLogprob[];
+}
+
+interface GenerationResult {
+  finishReason: FinishReason;
+  promptTokens: number;
+  completionTokens: number;
+  usage: CompletionUsage;
+}
+
+interface ResolvedRequest {
+  promptIds: number[];
+  sampling: SamplingParams;
+  seed: number;
+  maxTokens: number;
+  stop: string[];
+  ignoreEos: boolean;
+  logprobs: boolean;
+  topLogprobs: number;
+}
+
+function commonPrefixLength(a: readonly number[], b: readonly number[]): number {
+  const n = Math.min(a.length, b.length);
+  let i = 0;
+  while (i < n && a[i] === b[i]) i++;
+  return i;
+}
+
+function now(): number {
+  return typeof performance !== "undefined" ? performance.now() : Date.now();
+}
+
+function randomId(prefix: string): string {
+  const b = new Uint8Array(12);
+  globalThis.crypto.getRandomValues(b);
+  return prefix + Array.from(b, (x) => x.toString(36).padStart(2, "0")).join("").slice(0, 24);
+}
+
+/** A simple FIFO mutex: generations, resets and unloads run one at a time. */
+class Mutex {
+  private tail: Promise<void> = Promise.resolve();
+  async acquire(): Promise<() => void> {
+    let release!: () => void;
+    const next = new Promise<void>((r) => (release = r));
+    const prev = this.tail;
+    this.tail = prev.then(() => next);
+    await prev;
+    return release;
+  }
+}
+
+export class Engine implements EngineInterface {
+  private config: EngineConfig;
+  private model: LoadedModel | undefined;
+  private loading: AbortController | undefined;
+  private readonly mutex = new Mutex();
+  /** Tokens whose keys/values are in the KV cache, in order (for prefix reuse across turns). */
+  private kvTokens: number[] | null = [];
+  private generation: { interrupted: boolean } | undefined;
+  private deviceLost: string | undefined;
+  private lastStats = { prefillTokensPerS: 0, decodeTokensPerS: 0, prefillTokens: 0, decodeTokens: 0 };
+  private progressCallback: InitProgressCallback | undefined;
+
+  readonly chat: EngineInterface["chat"];
+  readonly completions: EngineInterface["completions"];
+
+  constructor(config: EngineConfig = {}) {
+    this.config = config;
+    this.progressCallback = config.initProgressCallback;
+    const chatCreate = (req: ChatCompletionRequest) => this.createChatCompletion(req);
+    const completionCreate = (req: CompletionRequest) => this.createCompletion(req);
+    this.chat = { completions: { create: chatCreate as EngineInterface["chat"]["completions"]["create"] } };
+    this.completions = { create: completionCreate as EngineInterface["completions"]["create"] };
+  }
+
+  setInitProgressCallback(cb: InitProgressCallback | undefined): void {
+    this.progressCallback = cb;
+  }
+
+  /** Merge options into the engine's configuration (they apply from the next reload). */
+  updateConfig(partial: Partial<EngineConfig>): void {
+    this.config = { ...this.config, ...partial };
+    if ("initProgressCallback" in partial) this.progressCallback = partial.initProgressCallback;
+  }
+
+  /** Id of the loaded model, if any. */
+  get modelId(): string | undefined {
+    return this.model?.modelId;
+  }
+
+  /** The loaded model's chat config (context window, sampling defaults...). */
+  get chatConfig(): ChatConfig | undefined {
+    return this.model?.config;
+  }
+
+  private log(msg: string): void {
+    (this.config.logger ?? ((m: string) => console.log(`[aae] ${m}`)))(msg);
+  }
+
+  private makeStore(): ByteStore | null {
+    if (this.config.store !== undefined) return this.config.store;
+    try {
+      if (this.config.appConfig?.useIndexedDBCache) return new IndexedDBStore();
+      if (typeof caches === "undefined") {
+        this.log("Cache API unavailable (insecure context or Node): model files will not be cached");
+        return null;
+      }
+      return new CacheApiStore();
+    } catch (e) {
+      this.log(`model cache unavailable: ${(e as Error).message}`);
+      return null;
+    }
+  }
+
+  /** Load `modelId` (from appConfig.model_list), replacing any loaded model. */
+  async reload(modelId: string): Promise<void> {
+    await this.unload();
+    const record = findModel(this.config.appConfig, modelId);
+    const abort = new AbortController();
+    this.loading = abort;
+    const started = now();
+    const report = (phase: LoadPhase, fraction: number, text: string, p?: Partial<LoadProgress>) => {
+      // Downloading is most of a first load; compiling kernels the rest.
+      const overall = phase === "download" ? 0.9 * fraction : phase === "compile" ? 0.9 + 0.1 * fraction : 1;
+      this.progressCallback?.({
+        progress: overall,
+        timeElapsed: (now() - started) / 1000,
+        text,
+        phase,
+        loadedBytes: p?.loadedBytes ?? 0,
+        totalBytes: p?.totalBytes ?? 0,
+        loadedShards: p?.loadedShards ?? 0,
+        totalShards: p?.totalShards ?? 0,
+        cachedBytes: p?.cachedBytes ?? 0,
+      });
+    };
+    let lastDownload: LoadProgress | undefined;
+    const loaderOpts: ConstructorParameters<typeof ArtifactLoader>[0] = {
+      store: this.makeStore(),
+      signal: abort.signal,
+      onProgress: (p) => {
+        lastDownload = p;
+        const mb = (b: number) => (b / 1048576).toFixed(1);
+        const verb = p.cachedBytes >= p.loadedBytes && p.loadedBytes > 0 ? "Loading from cache" : "Downloading";
+        report("download", p.progress, `${verb}: ${mb(p.loadedBytes)} / ${mb(p.totalBytes)} MB (${p.loadedShards}/${p.totalShards} shards)`, p);
+      },
+    };
+    if (this.config.fetch) loaderOpts.fetch = this.config.fetch;
+    if (this.config.maxConcurrentDownloads !== undefined) loaderOpts.maxConcurrency = this.config.maxConcurrentDownloads;
+    if (this.config.verifyCachedShards !== undefined) loaderOpts.verifyCached = this.config.verifyCachedShards;
+    const loader = new ArtifactLoader(loaderOpts);
+    let ownedDevice: GPUDevice | undefined;
+
+    try {
+      const baseUrl = normalizeBaseUrl(record.model_url);
+      report("download", 0, "Fetching model configuration");
+      let rawConfig: unknown;
+      try {
+        rawConfig = await loader.fetchJson(fileUrl(baseUrl, CHAT_CONFIG_FILE));
+      } catch (e) {
+        if (e instanceof NetworkError && e.details["status"] === 404) {
+          throw new ModelNotFoundError(`No ${CHAT_CONFIG_FILE} at ${baseUrl} (model "${modelId}"): is model_url right?`, { modelId, url: baseUrl });
+        }
+        throw e;
+      }
+      const config = parseChatConfig(rawConfig, fileUrl(baseUrl, CHAT_CONFIG_FILE));
+      if (config.model_id !== modelId) {
+        this.log(`model "${modelId}" points at a folder built as "${config.model_id}"`);
+      }
+
+      // Fail fast on the GPU before downloading anything large.
+      const gpu = this.config.gpu ?? (typeof navigator !== "undefined" ? navigator.gpu : undefined);
+      const setup = await requestDevice(gpu, config.required_features, this.config.requestAdapterOptions);
+      const { device, adapterDescription } = setup;
+      ownedDevice = device;
+      this.log(`WebGPU adapter: ${adapterDescription}`);
+      device.lost.then((info) => {
+        // tvm.dispose() destroys the device on purpose; only an unexpected loss is an error.
+        if (info.reason !== "destroyed") {
+          this.deviceLost = `${info.reason}: ${info.message}`;
+          this.log(`GPU device lost (${this.deviceLost})`);
+        }
+      });
+
+      const manifest = parseManifest(await loader.fetchJson(fileUrl(baseUrl, config.manifest)), fileUrl(baseUrl, config.manifest));
+      const tokenizerFiles = new Set(config.tokenizer_files);
+      const tokJson = await loader.fetchJson(fileUrl(baseUrl, TOKENIZER_FILE));
+      const tokConfig = tokenizerFiles.has(TOKENIZER_CONFIG_FILE) ? await loader.fetchJson(fileUrl(baseUrl, TOKENIZER_CONFIG_FILE)) : {};
+      const tokenizer = new TextTokenizer(tokJson as object, tokConfig as object, { bos: config.bos_token_id, eos: config.eos_token_ids });
+      const template = new ChatTemplate(config.chat_template, chatTemplateSpecials(tokenizer));
+
+      const wasmUrl = record.model_lib_url ? new URL(record.model_lib_url, baseUrl).href : fileUrl(baseUrl, modelLibFile(config, "webgpu"));
+      const wasm = await loader.fetchBytes(wasmUrl, {});
+
+      const backend = await TVMBackend.load({
+        wasm,
+        wasmUrl,
+        device,
+        config,
+        manifest,
+        baseUrl,
+        loader,
+        logger: (m) => this.log(m),
+        onCompileProgress: (f, text) => report("compile", f, text, lastDownload),
+      });
+      if (abort.signal.aborted) {
+        backend.dispose();
+        abort.signal.throwIfAborted();
+      }
+      this.model = { modelId, config, tokenizer, template, backend };
+      this.kvTokens = [];
+      this.deviceLost = undefined;
+      report("ready", 1, `Ready: ${modelId}`, lastDownload);
+    } catch (e) {
+      // Do not keep a device (and whatever it allocated) for a model that failed to load.
+      if (ownedDevice && !this.model) ownedDevice.destroy();
+      throw e;
+    } finally {
+      if (this.loading === abort) this.loading = undefined;
+    }
+  }
+
+  /** For tests and custom runtimes: install an already-built model (no download, no GPU). */
+  installModel(model: LoadedModel): void {
+    this.model = model;
+    this.kvTokens = [];
+    this.deviceLost = undefined;
+  }
+
+  interruptGenerate(): void {
+    if (this.generation) this.generation.interrupted = true;
+  }
+
+  async resetChat(): Promise<void> {
+    const release = await this.mutex.acquire();
+    try {
+      this.kvTokens = [];
+      this.model?.backend.reset();
+    } finally {
+      release();
+    }
+  }
+
+  async runtimeStatsText(): Promise<string> {
+    const s = this.lastStats;
+    return `prefill: ${s.prefillTokensPerS.toFixed(1)} tokens/sec, decoding: ${s.decodeTokensPerS.toFixed(1)} tokens/sec`;
+  }
+
+  async unload(): Promise<void> {
+    this.loading?.abort();
+    this.interruptGenerate();
+    const release = await this.mutex.acquire();
+    try {
+      const m = this.model;
+      this.model = undefined;
+      this.kvTokens = [];
+      m?.backend.dispose();
+    } finally {
+      release();
+    }
+  }
+
+  private requireModel(): LoadedModel {
+    if (this.deviceLost) {
+      throw new DeviceLostError(`The GPU device was lost (${this.deviceLost}); call reload() to load the model again.`);
+    }
+    if (!this.model) throw new EngineNotLoadedError("No model is loaded: call reload(modelId) (or CreateEngine) first.");
+    return this.model;
+  }
+
+  private checkModelField(model: LoadedModel, requested: string | undefined): void {
+    if (requested !== undefined && requested !== model.modelId) {
+      throw new InvalidRequestError(`Model "${requested}" is not loaded (the loaded model is "${model.modelId}").`, { field: "model", param: "model" });
+    }
+  }
+
+  /** Turn validated sampling fields + a prompt into everything the decode loop needs. */
+  private resolve(model: LoadedModel, promptIds: number[], s: ParsedSampling, logprobs: boolean, topLogprobs: number): ResolvedRequest {
+    const ctx = model.config.context_window_size;
+    if (promptIds.length === 0) {
+      throw new InvalidRequestError("The prompt is empty after tokenization.", { field: "messages", param: "messages" });
+    }
+    if (promptIds.length > ctx) {
+      throw new ContextWindowExceededError(
+        `The prompt is ${promptIds.length} tokens, more than this model's context window of ${ctx} tokens. ` +
+          `Shorten the conversation (drop old messages) and try again.`,
+        { prompt_tokens: promptIds.length, context_window_size: ctx },
+      );
+    }
+    const d = model.config.sampling;
+    const sampling: SamplingParams = {
+      temperature: s.temperature ?? d.temperature,
+      top_p: s.top_p ?? d.top_p,
+      presence_penalty: s.presence_penalty ?? d.presence_penalty,
+      frequency_penalty: s.frequency_penalty ?? d.frequency_penalty,
+      repetition_penalty: s.repetition_penalty ?? d.repetition_penalty,
+      logit_bias: s.logit_bias.size ? s.logit_bias : undefined,
+    };
+    for (const t of s.logit_bias.keys()) {
+      if (t >= model.config.model_config.vocab_size) {
+        throw new InvalidRequestError(`Invalid key in 'logit_bias': token id ${t} is outside the vocabulary (${model.config.model_config.vocab_size}).`, {
+          field: "logit_bias",
+          param: "logit_bias",
+        });
+      }
+    }
+    return {
+      promptIds,
+      sampling,
+      seed: s.seed ?? randomSeed(),
+      maxTokens: s.max_tokens ?? Number.POSITIVE_INFINITY,
+      stop: s.stop,
+      ignoreEos: s.ignore_eos,
+      logprobs,
+      topLogprobs,
+    };
+  }
+
+  private encodePrompt(model: LoadedModel, text: string): number[] {
+    const ids = model.tokenizer.encode(text);
+    const bos = model.config.bos_token_id;
+    if (model.config.add_bos_token && bos !== null && ids[0] !== bos) ids.unshift(bos);
+    return ids;
+  }
+
+  /**
+   * The decode loop. Yields text deltas as they become final; returns finish reason and usage.
+   * Holds the engine mutex for its whole run (requests are served one at a time).
+   */
+  private async *generate(model: LoadedModel, req: ResolvedRequest): AsyncGenerator<GenerationStep, GenerationResult> {
+    const release = await this.mutex.acquire();
+    const gen = { interrupted: false };
+    this.generation = gen;
+    try {
+      if (this.model !== model) throw new EngineNotLoadedError("The model was unloaded or replaced before this request ran.");
+      this.requireModel();
+      const { backend, config, tokenizer } = model;
+      const ctx = config.context_window_size;
+      const chunk = config.prefill_chunk_size;
+      const eos = new Set(config.eos_token_ids);
+      const t0 = now();
+
+      // Reuse the KV cache for the prefix this prompt shares with what is already cached
+      // (multi-turn chat resends the whole history). At least one token is always prefilled,
+      // since its logits are needed. A null kvTokens means a forward failed midway: the cache
+      // content is unknown, so start over.
+      const cached = this.kvTokens ?? [];
+      let keep = this.kvTokens ? commonPrefixLength(cached, req.promptIds) : 0;
+      if (keep === req.promptIds.length) keep -= 1;
+      if (this.kvTokens === null || keep < cached.length) {
+        if (keep === 0 || !backend.popN(cached.length - keep)) {
+          backend.reset();
+          keep = 0;
+        }
+        this.kvTokens = req.promptIds.slice(0, keep);
+      }
+      const toPrefill = req.promptIds.slice(keep);
+
+      let logits: Float32Array | null = null;
+      try {
+        for (let i = 0; i < toPrefill.length; i += chunk) {
+          const piece = toPrefill.slice(i, i + chunk);
+          const before = this.kvTokens!.length;
+          this.kvTokens = null; // unknown until the forward returns
+          logits = await backend.prefill(piece, i + chunk >= toPrefill.length);
+          this.kvTokens = req.promptIds.slice(0, before + piece.length);
+        }
+      } catch (e) {
+        throw this.wrapRuntimeError(e);
+      }
+      const tPrefill = now();
+
+      const sampler = new Sampler(req.sampling, req.seed);
+      const detok = new StreamingDetokenizer(tokenizer);
+      const stopper = new StopMatcher(req.stop);
+      const context = req.promptIds.slice();
+      let completionTokens = 0;
+      let decodeSteps = 0;
+      let finishReason: FinishReason | undefined;
+      let tFirst = tPrefill;
+      let pendingLogprobs: ChatCompletionTokenLogprob[] = [];
+      // Ending without a stop string: release what the detokenizer and the matcher held back
+      // (unless that very text completes a stop string).
+      const flushTail = (): string => {
+        const r = stopper.push(detok.flush());
+        return r.stopped ? r.emit : r.emit + stopper.flush();
+      };
+
+      while (finishReason === undefined) {
+        if (!logits) throw new Error("internal: no logits");
+        if (req.ignoreEos) for (const e of eos) if (e < logits.length) logits[e] = Number.NEGATIVE_INFINITY;
+        sampler.process(logits, context);
+        const token = sampler.pick(logits);
+        sampler.accept(token);
+        if (req.logprobs) pendingLogprobs.push(tokenLogprob(tokenizer, logits, token, req.topLogprobs));
+        completionTokens++;
+        if (completionTokens === 1) tFirst = now();
+        context.push(token);
+
+        let text: string;
+        if (eos.has(token) && !req.ignoreEos) {
+          finishReason = "stop";
+          if (req.logprobs) pendingLogprobs.pop(); // EOS is not part of the content
+          text = flushTail();
+        } else {
+          const r = stopper.push(detok.push(token));
+          text = r.emit;
+          if (r.stopped) finishReason = "stop";
+        }
+        if (finishReason === undefined) {
+          // context = prompt + generated; feeding the newest token would make the cache exceed it.
+          if (completionTokens >= req.maxTokens || context.length >= ctx) finishReason = "length";
+          else if (gen.interrupted) finishReason = "abort";
+          if (finishReason !== undefined) text += flushTail();
+        }
+        if (text || pendingLogprobs.length) {
+          yield { text, logprobs: pendingLogprobs };
+          pendingLogprobs = [];
+        }
+        if (finishReason !== undefined) break;
+        try {
+          this.kvTokens = null;
+          logits = await backend.decode(token);
+          decodeSteps++;
+          this.kvTokens = context.slice();
+        } catch (e) {
+          throw this.wrapRuntimeError(e);
+        }
+        // The consumer may have interrupted while we awaited the GPU.
+        if (gen.interrupted) {
+          finishReason = "abort";
+          const tail = flushTail();
+          if (tail) yield { text: tail, logprobs: [] };
+        }
+      }
+
+      const tEnd = now();
+      const prefillS = (tPrefill - t0) / 1000;
+      const decodeS = (tEnd - tFirst) / 1000;
+      const prefillTps = prefillS > 0 ? toPrefill.length / prefillS : 0;
+      const decodeTps = decodeS > 0 && decodeSteps > 0 ? decodeSteps / decodeS : 0;
+      this.lastStats = { prefillTokensPerS: prefillTps, decodeTokensPerS: decodeTps, prefillTokens: toPrefill.length, decodeTokens: decodeSteps };
+      const usage: CompletionUsage = {
+        prompt_tokens: req.promptIds.length,
+        completion_tokens: completionTokens,
+        total_tokens: req.promptIds.length + completionTokens,
+        prefill_tokens_per_s: prefillTps,
+        decode_tokens_per_s: decodeTps,
+        extra: {
+          prefill_tokens_per_s: prefillTps,
+          decode_tokens_per_s: decodeTps,
+          time_to_first_token_s: (tFirst - t0) / 1000,
+          e2e_latency_s: (tEnd - t0) / 1000,
+        },
+      };
+      return { finishReason: finishReason!, promptTokens: req.promptIds.length, completionTokens, usage };
+    } finally {
+      if (this.generation === gen) this.generation = undefined;
+      release();
+    }
+  }
+
+  private wrapRuntimeError(e: unknown): unknown {
+    if (this.deviceLost) {
+      return new DeviceLostError(`The GPU device was lost (${this.deviceLost}); call reload() to load the model again.`, {}, { cause: e });
+    }
+    return e;
+  }
+
+  // -- chat.completions.create ----------------------------------------------------------------
+
+  private async createChatCompletion(request: ChatCompletionRequest): Promise<ChatCompletion | AsyncIterable<ChatCompletionChunk>> {
+    const parsed = parseChatRequest(request);
+    const model = this.requireModel();
+    this.checkModelField(model, parsed.model);
+    const prompt = model.template.render(parsed.messages);
+    const req = this.resolve(model, this.encodePrompt(model, prompt), parsed.sampling, parsed.logprobs, parsed.topLogprobs);
+    const id = randomId("chatcmpl-");
+    const created = Math.floor(Date.now() / 1000);
+
+    if (!parsed.stream) {
+      let content = "";
+      const lp: ChatCompletionTokenLogprob[] = [];
+      const it = this.generate(model, req);
+      let r = await it.next();
+      while (!r.done) {
+        content += r.value.text;
+        lp.push(...r.value.logprobs);
+        r = await it.next();
+      }
+      return {
+        id,
+        object: "chat.completion",
+        created,
+        model: model.modelId,
+        choices: [{ index: 0, message: { role: "assistant", content }, finish_reason: r.value.finishReason, logprobs: req.logprobs ? { content: lp } : null }],
+        usage: r.value.usage,
+      };
+    }
+
+    const includeUsage = parsed.includeUsage;
+    const modelId = model.modelId;
+    const self = this;
+    async function* stream(): AsyncGenerator<ChatCompletionChunk> {
+      const base = { id, object: "chat.completion.chunk" as const, created, model: modelId };
+      const withUsage = (c: ChatCompletionChunk): ChatCompletionChunk => (includeUsage ? { ...c, usage: null } : c);
+      yield withUsage({ ...base, choices: [{ index: 0, delta: { role: "assistant", content: "" }, finish_reason: null, logprobs: null }] });
+      const it = self.generate(model, req);
+      try {
+        let r = await it.next();
+        while (!r.done) {
+          yield withUsage({
+            ...base,
+            choices: [{ index: 0, delta: { content: r.value.text }, finish_reason: null, logprobs: req.logprobs ? { content: r.value.logprobs } : null }],
+          });
+          r = await it.next();
+        }
+        yield withUsage({ ...base, choices: [{ index: 0, delta: {}, finish_reason: r.value.finishReason, logprobs: null }] });
+        if (includeUsage) yield { ...base, choices: [], usage: r.value.usage };
+      } finally {
+        // A consumer that stops iterating early must not leave the generation holding the lock.
+        await it.return?.(undefined as never);
+      }
+    }
+    return stream();
+  }
+
+  // -- completions.create (raw prompt, no chat template) --------------------------------------
+
+  private async createCompletion(request: CompletionRequest): Promise<Completion | AsyncIterable<Completion>> {
+    const parsed = parseCompletionRequest(request);
+    const model = this.requireModel();
+    this.checkModelField(model, parsed.model);
+    let promptIds: number[];
+    let promptText: string;
+    if (typeof parsed.prompt === "string") {
+      promptText = parsed.prompt;
+      promptIds = this.encodePrompt(model, parsed.prompt);
+    } else {
+      promptIds = parsed.prompt.slice();
+      const vocab = model.config.model_config.vocab_size;
+      const badIdx = promptIds.findIndex((t) => t >= vocab);
+      if (badIdx >= 0) throw new InvalidRequestError(`Invalid 'prompt[${badIdx}]': token id ${promptIds[badIdx]} is outside the vocabulary (${vocab}).`, { field: `prompt[${badIdx}]`, param: "prompt" });
+      promptText = model.tokenizer.decode(promptIds);
+    }
+    const req = this.resolve(model, promptIds, parsed.sampling, false, 0);
+    const id = randomId("cmpl-");
+    const created = Math.floor(Date.now() / 1000);
+    const echo = parsed.echo ? promptText : "";
+
+    if (!parsed.stream) {
+      let text = echo;
+      const it = this.generate(model, req);
+      let r = await it.next();
+      while (!r.done) {
+        text += r.value.text;
+        r = await it.next();
+      }
+      return {
+        id,
+        object: "text_completion",
+        created,
+        model: model.modelId,
+        choices: [{ index: 0, text, finish_reason: r.value.finishReason, logprobs: null }],
+        usage: r.value.usage,
+      };
+    }
+    const includeUsage = parsed.includeUsage;
+    const self = this;
+    async function* stream(): AsyncGenerator<Completion> {
+      const base = { id, object: "text_completion" as const, created, model: model.modelId };
+      const it = self.generate(model, req);
+      try {
+        if (echo) yield { ...base, choices: [{ index: 0, text: echo, finish_reason: null, logprobs: null }] };
+        let r = await it.next();
+        while (!r.done) {
+          yield { ...base, choices: [{ index: 0, text: r.value.text, finish_reason: null, logprobs: null }] };
+          r = await it.next();
+        }
+        yield { ...base, choices: [{ index: 0, text: "", finish_reason: r.value.finishReason, logprobs: null }] };
+        if (includeUsage) yield { ...base, choices: [], usage: r.value.usage };
+      } finally {
+        await it.return?.(undefined as never);
+      }
+    }
+    return stream();
+  }
+}
+
+function tokenLogprob(tokenizer: TextTokenizer, logits: Float32Array, token: number, k: number): ChatCompletionTokenLogprob {
+  const lp = logSoftmax(logits);
+  const entry = (id: number) => {
+    const s = tokenizer.tokenString(id);
+    return { token: s, logprob: lp[id]!, bytes: Array.from(new TextEncoder().encode(s)) };
+  };
+  return { ...entry(token), top_logprobs: topK(lp, k).map(entry) };
+}
+
+function chatTemplateSpecials(tok: TextTokenizer): Record<string, string | null> {
+  const out: Record<string, string | null> = { bos_token: tok.bosToken, eos_token: tok.eosToken };
+  for (const k of ["unk_token", "pad_token", "sep_token", "cls_token", "mask_token"]) {
+    const v = tok.config[k];
+    if (typeof v === "string") out[k] = v;
+    else if (v && typeof v === "object" && typeof (v as { content?: unknown }).content === "string") out[k] = (v as { content: string }).content;
+  }
+  return out;
+}
+
+export function findModel(appConfig: AppConfig | undefined, modelId: string): ModelRecord {
+  const list = appConfig?.model_list ?? [];
+  const rec = list.find((m) => m.model_id === modelId);
+  if (!rec) {
+    const known = list.map((m) => m.model_id);
+    throw new ModelNotFoundError(
+      `Model "${modelId}" is not in appConfig.model_list` + (known.length ? ` (known: ${known.join(", ")})` : " (the list is empty)"),
+      { modelId, known },
+    );
+  }
+  return rec;
+}
+
+/** WebLLM-style factory: construct an engine and load `modelId`. */
+export async function CreateEngine(modelId: string, config: EngineConfig = {}): Promise<Engine> {
+  const engine = new Engine(config);
+  await engine.reload(modelId);
+  return engine;
+}
+
+
+// ---------------------------------------------------------------------------------------------
+// Cache management (page or worker: the Cache API and IndexedDB are shared per origin)
+
+function defaultStore(appConfig: AppConfig | undefined): ByteStore {
+  return appConfig?.useIndexedDBCache ? new IndexedDBStore() : new CacheApiStore();
+}
+
+/** True when every file of `modelId` is in the browser cache (a load would fetch nothing). */
+export async function hasModelInCache(modelId: string, appConfig: AppConfig, store?: ByteStore): Promise<boolean> {
+  const rec = findModel(appConfig, modelId);
+  const base = normalizeBaseUrl(rec.model_url);
+  const lib = rec.model_lib_url ? new URL(rec.model_lib_url, base).href : undefined;
+  return isModelCached(store ?? defaultStore(appConfig), base, lib);
+}
+
+/** Remove every cached file of `modelId`; returns how many entries were deleted. */
+export async function deleteModelFromCache(modelId: string, appConfig: AppConfig, store?: ByteStore): Promise<number> {
+  const rec = findModel(appConfig, modelId);
+  const base = normalizeBaseUrl(rec.model_url);
+  const extra = rec.model_lib_url ? [new URL(rec.model_lib_url, base).href] : [];
+  return deleteCachedFolder(store ?? defaultStore(appConfig), base, extra);
+}

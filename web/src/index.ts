@@ -1,0 +1,69 @@
+/**
+ * Astro Agent Edge: run compiled LLMs in the browser on WebGPU, with an OpenAI-style API.
+ *
+ *     import { CreateEngine } from "/web/dist/index.js";
+ *     const engine = await CreateEngine("SmolLM2-135M-Instruct-q4f32_1", { appConfig, initProgressCallback });
+ *     const reply = await engine.chat.completions.create({ messages: [{ role: "user", content: "Hi" }] });
+ *
+ * Everything here also works inside a module Web Worker (see worker.ts).
+ */
+export {
+  CreateEngine,
+  Engine,
+  TVMBackend,
+  StopMatcher,
+  hasModelInCache,
+  deleteModelFromCache,
+  findModel,
+  type AppConfig,
+  type ModelRecord,
+  type EngineConfig,
+  type EngineInterface,
+  type ForwardBackend,
+  type LoadedModel,
+  type InitProgressReport,
+  type InitProgressCallback,
+} from "./engine.js";
+export {
+  CreateWebWorkerEngine,
+  WebWorkerEngine,
+  WebWorkerEngineHandler,
+  type WebWorkerEngineHandlerOptions,
+  type WorkerEngineOptions,
+  type WorkerLike,
+} from "./worker.js";
+export * from "./errors.js";
+export * from "./protocol.js";
+export {
+  ArtifactLoader,
+  CacheApiStore,
+  IndexedDBStore,
+  DEFAULT_CACHE_NAME,
+  sha256Hex,
+  type ByteStore,
+  type EntryMeta,
+  type LoadPhase,
+  type LoadProgress,
+  type LoaderOptions,
+} from "./cache.js";
+export {
+  FORMAT_VERSION,
+  CHAT_CONFIG_FILE,
+  MANIFEST_FILE,
+  parseChatConfig,
+  parseManifest,
+  type ChatConfig,
+  type TensorManifest,
+  type ShardEntry,
+  type TensorEntry,
+} from "./artifact.js";
+export { Sampler, SeededRng, type SamplingParams } from "./sampling.js";
+export { TextTokenizer, StreamingDetokenizer } from "./tokenizer.js";
+export { ChatTemplate } from "./template.js";
+
+// WebLLM-compatible aliases, so existing pages port by changing the import line.
+export { CreateEngine as CreateMLCEngine, Engine as MLCEngine } from "./engine.js";
+export {
+  CreateWebWorkerEngine as CreateWebWorkerMLCEngine,
+  WebWorkerEngineHandler as WebWorkerMLCEngineHandler,
+} from "./worker.js";

@@ -1,0 +1,50 @@
+/**
+ * Chat templates: the model's own jinja `chat_template` (from aae-chat-config.json), rendered
+ * with @huggingface/jinja using transformers' variables (messages, bos_token, eos_token,
+ * add_generation_prompt), so a prompt here is byte-identical to `apply_chat_template` in Python.
+ */
+import { Template } from "@huggingface/jinja";
+import { ArtifactFormatError } from "./errors.js";
+
+export interface TemplateMessage {
+  role: string;
+  content: string;
+  name?: string;
+}
+
+export class ChatTemplate {
+  private readonly template: Template | null;
+  private readonly vars: Record<string, unknown>;
+
+  /**
+   * @param source jinja source, or null for base models (no chat format)
+   * @param specialTokens bos_token / eos_token / ... strings the template may reference
+   */
+  constructor(source: string | null, specialTokens: Record<string, string | null>) {
+    try {
+      this.template = source === null ? null : new Template(source);
+    } catch (e) {
+      throw new ArtifactFormatError(`The model's chat_template does not parse: ${(e as Error).message}`, {}, { cause: e });
+    }
+    this.vars = {};
+    for (const [k, v] of Object.entries(specialTokens)) if (v !== null) this.vars[k] = v;
+  }
+
+  get hasTemplate(): boolean {
+    return this.template !== null;
+  }
+
+  /**
+   * The prompt text for `messages`, ending with the assistant's turn opener.
+   * A base model has no chat format: its prompt is the messages' text joined by newlines, which
+   * for the usual single message is exactly the text the caller wrote.
+   */
+  render(messages: readonly TemplateMessage[], addGenerationPrompt = true): string {
+    if (this.template === null) return messages.map((m) => m.content).join("\n");
+    return this.template.render({
+      ...this.vars,
+      messages: messages.map((m) => ({ ...m })),
+      add_generation_prompt: addGenerationPrompt,
+    });
+  }
+}

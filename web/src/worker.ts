@@ -1,0 +1,401 @@
+/**
+ * Running the engine in a Web Worker, so tokenization, sampling and the GPU command submission
+ * never block the page's main thread.
+ *
+ * Worker side (e.g. worker.js, loaded with `new Worker(url, {type: "module"})`):
+ *
+ *     import { WebWorkerEngineHandler } from "/web/dist/index.js";
+ *     const handler = new WebWorkerEngineHandler();
+ *     self.onmessage = (msg) => handler.onmessage(msg);
+ *
+ * Page side:
+ *
+ *     const engine = await CreateWebWorkerEngine(worker, modelId, { appConfig, initProgressCallback });
+ *
+ * The proxy implements the same EngineInterface as Engine. Messages are plain objects (structured
+ * clone); typed errors are serialized by name and rebuilt on the page, so `instanceof` still works.
+ */
+import {
+  Engine,
+  type AppConfig,
+  type EngineConfig,
+  type EngineInterface,
+  type InitProgressCallback,
+  type InitProgressReport,
+} from "./engine.js";
+import { deserializeError, serializeError, type SerializedError } from "./errors.js";
+import type {
+  ChatCompletion,
+  ChatCompletionChunk,
+  ChatCompletionRequest,
+  Completion,
+  CompletionRequest,
+} from "./protocol.js";
+
+// ---------------------------------------------------------------------------------------------
+// Wire protocol
+
+/** Options that can cross to the worker (no functions, no GPU objects). */
+export interface WorkerEngineOptions {
+  appConfig?: AppConfig;
+  requestAdapterOptions?: GPURequestAdapterOptions;
+  maxConcurrentDownloads?: number;
+  verifyCachedShards?: boolean;
+}
+
+type Method = "configure" | "reload" | "resetChat" | "runtimeStatsText" | "unload" | "chatCompletion" | "completion";
+
+export type ToWorker =
+  | { kind: "call"; id: number; method: Method; args: unknown[] }
+  | { kind: "interrupt" }
+  | { kind: "cancelStream"; id: number };
+
+export type FromWorker =
+  | { kind: "result"; id: number; value: unknown; stream?: boolean }
+  | { kind: "error"; id: number; error: SerializedError }
+  | { kind: "chunk"; id: number; chunk: unknown }
+  | { kind: "streamEnd"; id: number }
+  | { kind: "progress"; report: InitProgressReport };
+
+const PROTOCOL_TAG = "aae-engine-v1";
+interface Envelope<T> {
+  tag: typeof PROTOCOL_TAG;
+  msg: T;
+}
+
+function wrap<T>(msg: T): Envelope<T> {
+  return { tag: PROTOCOL_TAG, msg };
+}
+
+function unwrap<T>(data: unknown): T | undefined {
+  // Ignore foreign messages: the page or worker may use the same channel for other things.
+  if (data && typeof data === "object" && (data as Envelope<T>).tag === PROTOCOL_TAG) return (data as Envelope<T>).msg;
+  return undefined;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Worker side
+
+export interface WebWorkerEngineHandlerOptions {
+  /** How to answer the page; default the worker global's postMessage. */
+  postMessage?: (message: unknown) => void;
+  /** Build the engine; lets tests (or custom runtimes) substitute their own. */
+  createEngine?: (config: EngineConfig) => Engine;
+}
+
+export class WebWorkerEngineHandler {
+  readonly engine: Engine;
+  private readonly post: (message: unknown) => void;
+  private readonly cancelled = new Set<number>();
+
+  constructor(options: WebWorkerEngineHandlerOptions = {}) {
+    const g = globalThis as unknown as { postMessage?: (m: unknown) => void };
+    this.post = options.postMessage ?? ((m) => g.postMessage!(m));
+    const config: EngineConfig = { initProgressCallback: (report) => this.send({ kind: "progress", report }) };
+    this.engine = options.createEngine ? options.createEngine(config) : new Engine(config);
+  }
+
+  private send(msg: FromWorker): void {
+    this.post(wrap(msg));
+  }
+
+  /** Feed every message the worker receives (`self.onmessage = (m) => handler.onmessage(m)`). */
+  onmessage(event: { data: unknown }): void {
+    const msg = unwrap<ToWorker>(event.data);
+    if (!msg) return;
+    if (msg.kind === "interrupt") {
+      // Not queued behind the running generation: it has to reach it while it runs.
+      this.engine.interruptGenerate();
+      return;
+    }
+    if (msg.kind === "cancelStream") {
+      this.cancelled.add(msg.id);
+      return;
+    }
+    void this.handleCall(msg.id, msg.method, msg.args);
+  }
+
+  private async handleCall(id: number, method: Method, args: unknown[]): Promise<void> {
+    try {
+      switch (method) {
+        case "configure": {
+          const o = (args[0] ?? {}) as WorkerEngineOptions;
+          this.engine.updateConfig(o);
+          this.send({ kind: "result", id, value: undefined });
+          return;
+        }
+        case "reload":
+          await this.engine.reload(String(args[0]));
+          this.send({ kind: "result", id, value: undefined });
+          return;
+        case "resetChat":
+          await this.engine.resetChat();
+          this.send({ kind: "result", id, value: undefined });
+          return;
+        case "runtimeStatsText":
+          this.send({ kind: "result", id, value: await this.engine.runtimeStatsText() });
+          return;
+        case "unload":
+          await this.engine.unload();
+          this.send({ kind: "result", id, value: undefined });
+          return;
+        case "chatCompletion":
+        case "completion": {
+          const req = args[0] as { stream?: boolean | null };
+          const res =
+            method === "chatCompletion"
+              ? await this.engine.chat.completions.create(args[0] as ChatCompletionRequest)
+              : await this.engine.completions.create(args[0] as CompletionRequest);
+          if (!req.stream) {
+            this.send({ kind: "result", id, value: res });
+            return;
+          }
+          this.send({ kind: "result", id, value: undefined, stream: true });
+          await this.pump(id, res as AsyncIterable<unknown>);
+          return;
+        }
+        default:
+          throw new Error(`unknown method ${String(method)}`);
+      }
+    } catch (e) {
+      this.send({ kind: "error", id, error: serializeError(e) });
+    }
+  }
+
+  /** Forward a stream's chunks until it ends, fails, or the page cancels it. */
+  private async pump(id: number, stream: AsyncIterable<unknown>): Promise<void> {
+    const it = stream[Symbol.asyncIterator]();
+    try {
+      for (;;) {
+        if (this.cancelled.has(id)) {
+          await it.return?.();
+          break;
+        }
+        const r = await it.next();
+        if (r.done) break;
+        this.send({ kind: "chunk", id, chunk: r.value });
+      }
+      this.send({ kind: "streamEnd", id });
+    } finally {
+      this.cancelled.delete(id);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Page side
+
+/** A Worker, a MessagePort, or anything with the same two methods. */
+export interface WorkerLike {
+  postMessage(message: unknown): void;
+  addEventListener(type: "message", listener: (ev: MessageEvent) => void): void;
+  addEventListener(type: "error", listener: (ev: Event) => void): void;
+  /** MessagePort needs start() when listened to with addEventListener. */
+  start?: () => void;
+}
+
+interface Pending {
+  resolve: (v: { value: unknown; stream?: boolean }) => void;
+  reject: (e: unknown) => void;
+}
+
+/** Chunks of one stream, buffered until the page's for-await pulls them. */
+class ChunkQueue<T> implements AsyncIterable<T> {
+  private items: T[] = [];
+  private waiting: Array<{ resolve: (r: IteratorResult<T>) => void; reject: (e: unknown) => void }> = [];
+  private done = false;
+  private error: unknown;
+  private readonly onCancel: () => void;
+
+  constructor(onCancel: () => void) {
+    this.onCancel = onCancel;
+  }
+
+  push(item: T): void {
+    const w = this.waiting.shift();
+    if (w) w.resolve({ value: item, done: false });
+    else this.items.push(item);
+  }
+
+  end(error?: unknown): void {
+    this.done = true;
+    this.error = error;
+    for (const w of this.waiting.splice(0)) {
+      if (error !== undefined) w.reject(error);
+      else w.resolve({ value: undefined as never, done: true });
+    }
+  }
+
+  [Symbol.asyncIterator](): AsyncIterator<T> {
+    return {
+      next: () => {
+        const item = this.items.shift();
+        if (item !== undefined) return Promise.resolve({ value: item, done: false });
+        if (this.done) {
+          if (this.error !== undefined) {
+            const e = this.error;
+            this.error = undefined;
+            return Promise.reject(e);
+          }
+          return Promise.resolve({ value: undefined as never, done: true });
+        }
+        return new Promise((resolve, reject) => this.waiting.push({ resolve, reject }));
+      },
+      return: () => {
+        // The page stopped reading (break in for-await): stop the worker's generation too.
+        if (!this.done) {
+          this.done = true;
+          this.items = [];
+          this.onCancel();
+        }
+        return Promise.resolve({ value: undefined as never, done: true });
+      },
+    };
+  }
+}
+
+export class WebWorkerEngine implements EngineInterface {
+  private readonly worker: WorkerLike;
+  private nextId = 1;
+  private readonly pending = new Map<number, Pending>();
+  private readonly streams = new Map<number, ChunkQueue<unknown>>();
+  private progressCallback: InitProgressCallback | undefined;
+
+  readonly chat: EngineInterface["chat"];
+  readonly completions: EngineInterface["completions"];
+
+  constructor(worker: WorkerLike, options: { initProgressCallback?: InitProgressCallback } = {}) {
+    this.worker = worker;
+    this.progressCallback = options.initProgressCallback;
+    worker.addEventListener("message", (ev: MessageEvent) => this.onMessage(ev.data));
+    worker.addEventListener("error", (ev: Event) => {
+      // The worker script failed (syntax error, bad import): nothing pending will ever answer.
+      const msg = (ev as ErrorEvent).message || "the engine worker failed to start or crashed";
+      this.failAll(new Error(`Engine worker error: ${msg}`));
+    });
+    worker.start?.();
+    const chatCreate = (req: ChatCompletionRequest) => this.create("chatCompletion", req);
+    const completionCreate = (req: CompletionRequest) => this.create("completion", req);
+    this.chat = { completions: { create: chatCreate as EngineInterface["chat"]["completions"]["create"] } };
+    this.completions = { create: completionCreate as EngineInterface["completions"]["create"] };
+  }
+
+  private failAll(err: Error): void {
+    for (const p of this.pending.values()) p.reject(err);
+    this.pending.clear();
+    for (const q of this.streams.values()) q.end(err);
+    this.streams.clear();
+  }
+
+  private onMessage(data: unknown): void {
+    const msg = unwrap<FromWorker>(data);
+    if (!msg) return;
+    switch (msg.kind) {
+      case "progress":
+        this.progressCallback?.(msg.report);
+        return;
+      case "result": {
+        const p = this.pending.get(msg.id);
+        this.pending.delete(msg.id);
+        if (!msg.stream) this.streams.delete(msg.id);
+        p?.resolve(msg.stream ? { value: msg.value, stream: true } : { value: msg.value });
+        return;
+      }
+      case "error": {
+        const err = deserializeError(msg.error);
+        const p = this.pending.get(msg.id);
+        this.pending.delete(msg.id);
+        if (p) {
+          this.streams.delete(msg.id);
+          p.reject(err);
+        } else {
+          this.streams.get(msg.id)?.end(err);
+          this.streams.delete(msg.id);
+        }
+        return;
+      }
+      case "chunk":
+        this.streams.get(msg.id)?.push(msg.chunk);
+        return;
+      case "streamEnd":
+        this.streams.get(msg.id)?.end();
+        this.streams.delete(msg.id);
+        return;
+    }
+  }
+
+  private call(method: Method, args: unknown[], streamQueue?: (id: number) => ChunkQueue<unknown>): Promise<{ value: unknown; stream?: boolean; id: number }> {
+    const id = this.nextId++;
+    // Register the stream before sending: chunks may arrive right behind the result.
+    if (streamQueue) this.streams.set(id, streamQueue(id));
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve: (v) => resolve({ ...v, id }), reject });
+      try {
+        this.worker.postMessage(wrap<ToWorker>({ kind: "call", id, method, args }));
+      } catch (e) {
+        this.pending.delete(id);
+        this.streams.delete(id);
+        reject(e);
+      }
+    });
+  }
+
+  private async create(method: "chatCompletion" | "completion", req: ChatCompletionRequest | CompletionRequest): Promise<unknown> {
+    const streaming = !!(req && typeof req === "object" && req.stream === true);
+    const r = await this.call(method, [req], streaming ? (id) => new ChunkQueue(() => this.cancelStream(id)) : undefined);
+    if (!r.stream) return r.value as ChatCompletion | Completion;
+    const q = this.streams.get(r.id);
+    if (!q) throw new Error("internal: stream queue missing");
+    return q as AsyncIterable<ChatCompletionChunk>;
+  }
+
+  private cancelStream(id: number): void {
+    this.streams.delete(id);
+    this.worker.postMessage(wrap<ToWorker>({ kind: "cancelStream", id }));
+  }
+
+  /** Send the cloneable options (appConfig...) to the worker's engine. */
+  async configure(options: WorkerEngineOptions): Promise<void> {
+    await this.call("configure", [options]);
+  }
+
+  setInitProgressCallback(cb: InitProgressCallback | undefined): void {
+    this.progressCallback = cb;
+  }
+
+  async reload(modelId: string): Promise<void> {
+    await this.call("reload", [modelId]);
+  }
+
+  async resetChat(): Promise<void> {
+    await this.call("resetChat", []);
+  }
+
+  interruptGenerate(): void {
+    this.worker.postMessage(wrap<ToWorker>({ kind: "interrupt" }));
+  }
+
+  async runtimeStatsText(): Promise<string> {
+    return String((await this.call("runtimeStatsText", [])).value);
+  }
+
+  async unload(): Promise<void> {
+    await this.call("unload", []);
+  }
+}
+
+/**
+ * Create a proxy to an engine running in `worker` (which runs WebWorkerEngineHandler) and load
+ * `modelId` there. Options other than initProgressCallback must be structured-cloneable.
+ */
+export async function CreateWebWorkerEngine(
+  worker: WorkerLike,
+  modelId: string,
+  config: WorkerEngineOptions & { initProgressCallback?: InitProgressCallback } = {},
+): Promise<WebWorkerEngine> {
+  const { initProgressCallback, ...options } = config;
+  const engine = new WebWorkerEngine(worker, initProgressCallback ? { initProgressCallback } : {});
+  await engine.configure(options);
+  await engine.reload(modelId);
+  return engine;
+}
