@@ -10,6 +10,7 @@ STAMPS  := .cache/stamps
 APT_PKGS := emscripten chromium clang-22 lld-22 mesa-vulkan-drivers
 PY_STAMP := $(STAMPS)/python-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 NPM_STAMP := $(STAMPS)/npm-$(shell cat web/package-lock.json web/package.json 2>/dev/null | sha256sum | cut -c1-12)
+HARNESS_STAMP := $(STAMPS)/harness-$(shell cat wasm_runtime/test_harness/package-lock.json 2>/dev/null | sha256sum | cut -c1-12)
 MODEL ?= SmolLM2-135M-Instruct
 QUANT ?= q4f32_1
 PORT  ?= 8080
@@ -48,8 +49,14 @@ $(NPM_STAMP): web/package.json web/package-lock.json
 web: npm
 	cd web && npm run build --silent
 
-wasm: python apt
+# TVM's web runtime, compiled once from the installed wheel (cached; rebuilt when inputs change),
+# and the Node harness the wasm runtime tests load models with.
+wasm: python apt $(HARNESS_STAMP)
 	$(PY) -m sphere_aae.wasm_runtime build
+
+$(HARNESS_STAMP): wasm_runtime/test_harness/package-lock.json
+	cd wasm_runtime/test_harness && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+	mkdir -p $(STAMPS) && rm -f $(STAMPS)/harness-* && touch $@
 
 demo: setup
 	$(VENV)/bin/aae-web build $(MODEL) --quantization $(QUANT) -o dist

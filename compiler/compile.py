@@ -10,6 +10,7 @@ One pipeline for every device; only the target and the final packaging differ:
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import tvm
 from tvm import relax
 
 from . import artifact
+from .schedules import get_cpu_pipeline, get_gpu_pipeline
 from .models import config_from_dict, get_architecture
 from .quantization import get_scheme, quantize_model
 
@@ -30,7 +32,8 @@ class CompileError(RuntimeError):
 
 def make_target(device: str) -> tvm.target.Target:
     if device == "cpu":
-        return tvm.target.Target({"kind": "llvm"})
+        # num-cores sizes the parallel regions of the CPU schedules to this machine.
+        return tvm.target.Target({"kind": "llvm", "num-cores": os.cpu_count() or 1})
     if device == "cuda":
         # "arch" is read from the visible GPU when there is one.
         return tvm.target.Target({"kind": "cuda"}, host={"kind": "llvm"})
@@ -101,8 +104,10 @@ def compile_model(
         )
     target = make_target(device)
     _say(progress, f"[compile] lowering and building ({len(mod.functions)} functions; this takes a while)")
+    model_dtype = get_scheme(chat_config["quantization"]).model_dtype
+    pipeline = get_cpu_pipeline(target, model_dtype) if device == "cpu" else get_gpu_pipeline(target)
     with target:
-        executable = relax.build(mod, target=target, relax_pipeline=relax.get_default_pipeline(target))
+        executable = relax.build(mod, target=target, relax_pipeline=pipeline)
     output.parent.mkdir(parents=True, exist_ok=True)
     if device == "webgpu":
         from .wasm_runtime import link_model_wasm

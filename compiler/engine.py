@@ -887,35 +887,7 @@ class _Base:
 
 
 # --------------------------------------------------------------------------------------------
-# Sync API
-
-
-class Stream:
-    """Iterator of chunks; `close()` (or leaving a `with` block, or breaking out and dropping it)
-    cancels the generation and frees its KV sequence. `usage` is set once the stream ended."""
-
-    def __init__(self, gen: Iterator[Any], assembler: _Assembler) -> None:
-        self._gen = gen
-        self._assembler = assembler
-
-    @property
-    def usage(self) -> CompletionUsage | None:
-        return self._assembler.usage() if self._assembler.done else None
-
-    def __iter__(self) -> "Stream":
-        return self
-
-    def __next__(self) -> Any:
-        return next(self._gen)
-
-    def close(self) -> None:
-        self._gen.close()
-
-    def __enter__(self) -> "Stream":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+# `engine.chat.completions.create(...)` and `engine.completions.create(...)`, shared by both engines
 
 
 class _Endpoint:
@@ -984,6 +956,38 @@ class _Completions(_Endpoint):
 class _Namespace:
     def __init__(self, **attrs: Any) -> None:
         self.__dict__.update(attrs)
+
+
+# --------------------------------------------------------------------------------------------
+# Sync API
+
+
+class Stream:
+    """Iterator of chunks; `close()` (or leaving a `with` block, or breaking out and dropping it)
+    cancels the generation and frees its KV sequence. `usage` is set once the stream ended."""
+
+    def __init__(self, gen: Iterator[Any], assembler: _Assembler) -> None:
+        self._gen = gen
+        self._assembler = assembler
+
+    @property
+    def usage(self) -> CompletionUsage | None:
+        return self._assembler.usage() if self._assembler.done else None
+
+    def __iter__(self) -> "Stream":
+        return self
+
+    def __next__(self) -> Any:
+        return next(self._gen)
+
+    def close(self) -> None:
+        self._gen.close()
+
+    def __enter__(self) -> "Stream":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class SphereAaeEngine(_Base):

@@ -110,7 +110,8 @@ def code_fingerprint() -> str:
     """
     root = Path(__file__).resolve().parent
     files = sorted([*root.glob("models/*.py"), *root.glob("quantization/*.py"), root / "convert.py",
-                    root / "compile.py", root / "gen_config.py", root / "artifact_format.json"])
+                    root / "compile.py", root / "schedules.py", root / "gen_config.py",
+                    root / "artifact_format.json"])
     h = hashlib.sha256()
     for f in files:
         h.update(f.name.encode() + f.read_bytes())

@@ -4,7 +4,8 @@
 //   ?model=<id>      preselect a model        ?autoload=1   load it right away
 //   ?adapter=compat  ask WebGPU for a compatibility-mode adapter (e.g. GLES/lavapipe)
 // document.body.dataset.state is idle | loading | ready | generating | error, and window.aae
-// exposes the engine and chat state.
+// exposes the engine and chat state (window.aae.lastAnswer: the last reply's text, token ids,
+// prompt token ids, finish reason and usage, for automation and debugging).
 import {
   WebWorkerEngine,
   hasModelInCache,
@@ -21,6 +22,7 @@ const state = {
   loadedId: null,
   messages: [],
   generating: false,
+  lastAnswer: null,
 };
 window.aae = state;
 
@@ -200,6 +202,8 @@ async function send(text) {
     messages: system ? [{ role: "system", content: system }, ...state.messages] : [...state.messages],
     stream: true,
     stream_options: { include_usage: true },
+    // Token ids ride along (window.aae.lastAnswer) so a test can compare ids, not only text.
+    return_token_ids: true,
   };
   for (const [field, id] of [["temperature", "temperature"], ["top_p", "top-p"], ["max_tokens", "max-tokens"]]) {
     const v = readNumber(id);
@@ -209,12 +213,16 @@ async function send(text) {
   let content = "";
   let finish = null;
   let usage = null;
+  let promptIds = [];
+  const ids = [];
   let pieces = 0;
   let firstAt = 0;
   try {
     const stream = await state.engine.chat.completions.create(request);
     for await (const chunk of stream) {
       const choice = chunk.choices[0];
+      if (chunk.prompt_token_ids) promptIds = chunk.prompt_token_ids;
+      if (choice && choice.token_ids) ids.push(...choice.token_ids);
       if (choice && choice.delta && choice.delta.content) {
         if (!firstAt) firstAt = performance.now();
         pieces++;
@@ -227,6 +235,7 @@ async function send(text) {
       if (chunk.usage) usage = chunk.usage;
     }
     state.messages.push({ role: "assistant", content });
+    state.lastAnswer = { content, ids, promptIds, finish, usage };
     const notes = { length: "stopped: token limit reached", abort: "stopped" };
     setBubbleText(bubble, content, notes[finish] || "");
     if (usage) {

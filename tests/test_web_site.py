@@ -4,40 +4,27 @@ A real compiled model is not needed for what this checks: the page imports the b
 starts the module worker, lists models from /models/models.json, and a load reaches WebGPU device
 creation and the model library; the library here is a stub, so the load ends in a typed error
 shown on the page. Along the way the model files land in the Cache API, so a second load must
-fetch none of them from the server.
+fetch none of them from the server. Real models in the browser: test_browser_models.py.
 
-Needs /usr/bin/chromium and a built web/dist (cd web && npm ci && npm run build).
+web/dist is built by the `web_dist` fixture when missing or stale; Chromium is required.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from sphere_aae.web import start_server
+from browser_support import playwright, web_dist  # noqa: F401  (fixtures are used by name)
+from sphere_aae.web import browser, start_server
 
 pytestmark = pytest.mark.browser
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM = Path("/usr/bin/chromium")
-BASE_FLAGS = [
-    "--no-sandbox", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync",
-]
 MODEL_ID = "stub-q0f32"
-
-
-def _require_browser():
-    if not CHROMIUM.exists():
-        pytest.skip("needs /usr/bin/chromium")
-    if not (REPO / "web" / "dist" / "index.js").is_file():
-        pytest.skip("needs web/dist (cd web && npm ci && npm run build)")
-    return pytest.importorskip("playwright.sync_api")
 
 
 def _make_model(models: Path) -> Path:
@@ -75,16 +62,15 @@ def _make_model(models: Path) -> Path:
 
 
 @pytest.fixture()
-def site_server(tmp_path):
+def site_server(tmp_path, web_dist):
     models = tmp_path / "models"
     _make_model(models)
-    with start_server(REPO / "site", models, web_dist_dir=REPO / "web" / "dist") as srv:
+    with start_server(REPO / "site", models, web_dist_dir=web_dist) as srv:
         yield srv
 
 
-def _launch(p, user_dir: Path, webgpu: bool):
-    args = BASE_FLAGS + (["--enable-unsafe-webgpu"] if webgpu else [])
-    return p.chromium.launch_persistent_context(str(user_dir), executable_path=str(CHROMIUM), headless=True, args=args)
+def _launch(p: Any, user_dir: Path, webgpu: bool) -> Any:
+    return browser.launch(p, user_dir, "swiftshader" if webgpu else None)
 
 
 def _load(page, srv, timeout=60_000) -> tuple[str, str]:
@@ -95,108 +81,54 @@ def _load(page, srv, timeout=60_000) -> tuple[str, str]:
     return page.evaluate("document.body.dataset.state"), page.inner_text("#status")
 
 
-def test_page_worker_cache_and_typed_errors(site_server, tmp_path):
-    sync_api = _require_browser()
+def test_page_worker_cache_and_typed_errors(site_server, tmp_path, playwright):
     srv = site_server
     model_files = {f"/models/{MODEL_ID}/{f}" for f in ["aae-chat-config.json", "tensor-manifest.json", "tokenizer.json", "tokenizer_config.json", f"{MODEL_ID}-webgpu.wasm"]}
-    with sync_api.sync_playwright() as p:
-        ctx = _launch(p, tmp_path / "profile", webgpu=True)
-        try:
-            page = ctx.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            state, status = _load(page, srv)
-            assert errors == []
-            # The page, the package and the worker were served with the right types.
-            got = {e.path: e.status for e in srv.access_log.entries}
-            assert got["/web/dist/index.js"] in (200, 304) and got["/worker.js"] == 200
-            assert page.inner_text("#model-select") == MODEL_ID
-            # The stub library cannot be instantiated: a typed error naming it, on the page.
-            assert state == "error"
-            assert status.startswith("ArtifactFormatError:"), status
-            assert f"{MODEL_ID}-webgpu.wasm" in status
-            assert model_files <= set(srv.access_log.paths())
+    ctx = _launch(playwright, tmp_path / "profile", webgpu=True)
+    try:
+        page = ctx.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        state, status = _load(page, srv)
+        assert errors == []
+        # The page, the package and the worker were served with the right types.
+        got = {e.path: e.status for e in srv.access_log.entries}
+        assert got["/web/dist/index.js"] in (200, 304) and got["/worker.js"] == 200
+        assert page.inner_text("#model-select") == MODEL_ID
+        # The stub library cannot be instantiated: a typed error naming it, on the page.
+        assert state == "error"
+        assert status.startswith("ArtifactFormatError:"), status
+        assert f"{MODEL_ID}-webgpu.wasm" in status
+        assert model_files <= set(srv.access_log.paths())
 
-            # Second load: every model file now comes from the Cache API.
-            srv.access_log.clear()
-            state, status = _load(page, srv)
-            assert status.startswith("ArtifactFormatError:")
-            fetched = [x for x in srv.access_log.paths() if x.startswith(f"/models/{MODEL_ID}/")]
-            assert fetched == [], fetched
+        # Second load: every model file now comes from the Cache API.
+        srv.access_log.clear()
+        state, status = _load(page, srv)
+        assert status.startswith("ArtifactFormatError:")
+        fetched = [x for x in srv.access_log.paths() if x.startswith(f"/models/{MODEL_ID}/")]
+        assert fetched == [], fetched
 
-            # "Delete from cache" empties it: the next load downloads again.
-            page.click("#delete-cache-btn")
-            page.wait_for_function("document.querySelector('#progress-text').textContent.startsWith('Deleted')")
-            srv.access_log.clear()
-            _load(page, srv)
-            assert model_files <= set(srv.access_log.paths())
-        finally:
-            ctx.close()
-
-
-def test_without_webgpu_the_page_says_so(site_server, tmp_path):
-    sync_api = _require_browser()
-    with sync_api.sync_playwright() as p:
-        ctx = _launch(p, tmp_path / "profile", webgpu=False)
-        try:
-            page = ctx.new_page()
-            has_adapter = page.evaluate("navigator.gpu ? navigator.gpu.requestAdapter().then(a => !!a) : false")
-            if has_adapter:
-                pytest.skip("this Chromium offers WebGPU even without --enable-unsafe-webgpu")
-            state, status = _load(page, site_server)
-            assert state == "error"
-            assert status.startswith("WebGPUNotAvailableError:"), status
-            shards = [x for x in site_server.access_log.paths() if x.endswith(".bin")]
-            assert shards == [], "no shard is downloaded when the GPU is missing"
-        finally:
-            ctx.close()
+        # "Delete from cache" empties it: the next load downloads again.
+        page.click("#delete-cache-btn")
+        page.wait_for_function("document.querySelector('#progress-text').textContent.startsWith('Deleted')")
+        srv.access_log.clear()
+        _load(page, srv)
+        assert model_files <= set(srv.access_log.paths())
+    finally:
+        ctx.close()
 
 
-# -- with a real model ------------------------------------------------------------------------
-# AAE_WEB_TEST_MODEL=<built stories260K folder> (e.g. from `sphere_aae web-build
-# ../shared/fixtures/stories260K -q q0f32 -o dist`): chat in the page, greedy output checked
-# against the fixture's reference, then a new browser session on the same profile must load the
-# model without fetching any of its files.
-
-STORY_40 = ", there was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, red ball."
-
-
-@pytest.mark.slow
-def test_real_model_chat_and_cached_reload(tmp_path):
-    sync_api = _require_browser()
-    src = os.environ.get("AAE_WEB_TEST_MODEL")
-    if not src or not (Path(src) / "aae-chat-config.json").is_file():
-        pytest.skip("set AAE_WEB_TEST_MODEL to a built stories260K model folder")
-    src = Path(src)
-    models = tmp_path / "models"
-    shutil.copytree(src, models / src.name)
-    model_id = json.loads((src / "aae-chat-config.json").read_text())["model_id"]
-    profile = tmp_path / "profile"
-    with start_server(REPO / "site", models, web_dist_dir=REPO / "web" / "dist") as srv, sync_api.sync_playwright() as p:
-        for session in ("first", "second"):
-            srv.access_log.clear()
-            ctx = _launch(p, profile, webgpu=True)
-            try:
-                page = ctx.new_page()
-                page.goto(f"{srv.url}/?model={model_id}&autoload=1")
-                page.wait_for_function("['ready', 'error'].includes(document.body.dataset.state)", timeout=300_000)
-                assert page.evaluate("document.body.dataset.state") == "ready", page.inner_text("#status")
-                page.click("details summary")
-                page.fill("#temperature", "0")
-                page.fill("#max-tokens", "40")
-                page.fill("#prompt", "Once upon a time")
-                page.click("#send-btn")
-                page.wait_for_function(
-                    "document.body.dataset.state === 'ready' && !document.querySelector('.msg.assistant.streaming')",
-                    timeout=300_000,
-                )
-                answer = page.eval_on_selector(".msg.assistant", "el => el.firstChild.textContent")
-                assert answer == STORY_40
-                assert "decode" in page.inner_text("#stats")
-                fetched = [x for x in srv.access_log.paths() if x.startswith(f"/models/{src.name}/")]
-                if session == "first":
-                    assert any(x.endswith(".bin") for x in fetched)
-                else:
-                    assert fetched == [], f"second session fetched {fetched}"
-            finally:
-                ctx.close()
+def test_without_webgpu_the_page_says_so(site_server, tmp_path, playwright):
+    ctx = _launch(playwright, tmp_path / "profile", webgpu=False)
+    try:
+        page = ctx.new_page()
+        has_adapter = page.evaluate("navigator.gpu ? navigator.gpu.requestAdapter().then(a => !!a) : false")
+        if has_adapter:
+            pytest.skip("this Chromium offers WebGPU even without --enable-unsafe-webgpu")
+        state, status = _load(page, site_server)
+        assert state == "error"
+        assert status.startswith("WebGPUNotAvailableError:"), status
+        shards = [x for x in site_server.access_log.paths() if x.endswith(".bin")]
+        assert shards == [], "no shard is downloaded when the GPU is missing"
+    finally:
+        ctx.close()

@@ -133,6 +133,22 @@ class _QuantizedWeight(nn.Module):
         )
 
 
+def _matmul_dequantized(x: te.Tensor, stored: list[te.Tensor], out_features: int, in_features: int,
+                        spec: GroupQuantSpec, dtype: str) -> te.Tensor:
+    """x[..., in] @ dequantize(stored)[out, in]^T as ONE kernel: a dequantize block feeding a
+    matmul block. Relax's FuseOps never fuses a producer into a matmul, so written as two ops the
+    whole dequantized weight would be materialised on every call; in one PrimFunc, dlight's
+    GEMV/Matmul rules (GPU) and our CPU rules inline the dequantize into the reduction."""
+    weight = _dequantize_te(stored, out_features, in_features, spec, dtype)
+    k = te.reduce_axis((0, in_features), name="k")
+    lead = list(x.shape[:-1])
+    return te.compute(
+        [*lead, out_features],
+        lambda *idx: te.sum(x[(*idx[:-1], k)] * weight[idx[-1], k], axis=k),
+        name="matmul",
+    )
+
+
 class GroupQuantLinear(_QuantizedWeight):
     """Drop-in for nn.Linear (no bias) holding packed codes + scales (+ minima)."""
 
@@ -144,8 +160,11 @@ class GroupQuantLinear(_QuantizedWeight):
         self._declare(out_features, in_features, spec, dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        weight = self._dequantize(self._stored(), self.out_features, self.in_features, "dequantize")
-        return op.matmul(x, op.permute_dims(weight))
+        return op.tensor_expr_op(
+            lambda xt, *ts: _matmul_dequantized(xt, list(ts), self.out_features, self.in_features, self.spec, self.dtype),
+            "quantized_matmul",
+            args=[x, *self._stored()],
+        )
 
 
 class GroupQuantEmbedding(_QuantizedWeight):
@@ -167,5 +186,8 @@ class GroupQuantEmbedding(_QuantizedWeight):
         return out
 
     def lm_head_forward(self, hidden: Tensor) -> Tensor:
-        weight = self._dequantize(self._stored(), self.num, self.dim, "dequantize")
-        return op.matmul(hidden, op.permute_dims(weight))
+        return op.tensor_expr_op(
+            lambda xt, *ts: _matmul_dequantized(xt, list(ts), self.num, self.dim, self.spec, self.dtype),
+            "quantized_lm_head",
+            args=[hidden, *self._stored()],
+        )

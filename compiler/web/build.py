@@ -7,24 +7,51 @@ whole output folder can be hosted anywhere as it is.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 from .. import artifact
 from ..compile import compile_model
-from ..pipeline import DEFAULT_MODEL, build_model_folder, default_model_id, resolve_model_path
+from ..pipeline import (
+    DEFAULT_MODEL,
+    _source_fingerprint,
+    build_model_folder,
+    code_fingerprint,
+    default_model_id,
+    library_key,
+    resolve_model_path,
+)
 
 MODELS_LIST = "models.json"
+# Chat-config key recording what the converted weights were made from (see _weights_key).
+WEIGHTS_KEY = "weights_key"
 
 
-def _stale(folder: Path, source: Path, quantization: str) -> bool:
+def _weights_key(source: Path, quantization: str) -> str:
+    """Source files (names, sizes, mtimes), scheme and converter code: what the shards depend on.
+
+    A rebuild is skipped only when all three are unchanged, so an edited source model or a changed
+    quantization scheme can never leave stale shards behind a fresh wasm.
+    """
+    material = f"{source}|{_source_fingerprint(source)}|{quantization}|{code_fingerprint()}"
+    return hashlib.sha256(material.encode()).hexdigest()[:16]
+
+
+def _stale(folder: Path, quantization: str, key: str) -> bool:
     try:
         cfg = artifact.read_chat_config(folder)
-        artifact.read_manifest(folder)
+        manifest = artifact.read_manifest(folder)
     except artifact.ArtifactError:
         return True
-    return cfg.get("quantization") != quantization or cfg.get("source") != str(source)
+    if cfg.get("quantization") != quantization or cfg.get(WEIGHTS_KEY) != key:
+        return True
+    # A shard deleted or truncated by hand also means rebuilding (hashing 100 MB is not needed:
+    # sizes catch truncation, and the browser verifies every shard's sha256 anyway).
+    return any(
+        not (folder / s["file"]).is_file() or (folder / s["file"]).stat().st_size != s["bytes"] for s in manifest["shards"]
+    )
 
 
 def register_model(output: Path, config: dict[str, Any], folder: Path) -> None:
@@ -62,16 +89,16 @@ def build_web_model(
         raise ValueError(f"{source} is already a built model folder; give aae-web build the source model (HF folder, GGUF, catalog name)")
     model_id = model_id or default_model_id(source, quantization)
     folder = output / model_id
-    if force or _stale(folder, source, quantization):
+    weights_key = _weights_key(source, quantization)
+    if force or _stale(folder, quantization, weights_key):
         build_model_folder(source, quantization, folder, model_id=model_id, progress=progress)
     elif progress:
         print(f"[build] reusing converted weights in {folder}", flush=True)
     config = artifact.read_chat_config(folder)
+    config[WEIGHTS_KEY] = weights_key
     wasm_name = artifact.model_lib_name(model_id, "webgpu")
     wasm = folder / wasm_name
     # The wasm depends only on the config the library is keyed by; reuse it when that is unchanged.
-    from ..pipeline import library_key
-
     key = library_key(config, "webgpu", False)
     if force or not wasm.is_file() or config.get("model_lib_key", {}).get("webgpu") != key:
         compile_model(folder, "webgpu", wasm, progress=progress)

@@ -1,6 +1,7 @@
-// End-to-end checks of the engine on a real compiled model, in Node on Dawn's WebGPU.
+// End-to-end checks of the engine on a real compiled model, in Node on Dawn's WebGPU (npm
+// `webgpu`, a devDependency). tests/test_web_node_integration.py runs it on a freshly built
+// stories260K; by hand:
 //
-//   npm i --no-save webgpu
 //   VK_ICD_FILENAMES=/usr/lib/chromium/vk_swiftshader_icd.json \
 //     node scripts/integration-node.mjs <built stories260K folder>
 //
@@ -20,7 +21,7 @@ if (!folder) {
   process.exit(2);
 }
 const webgpu = await import("webgpu").catch(() => {
-  console.error("needs Dawn for Node: npm i --no-save webgpu");
+  console.error("needs Dawn for Node (npm `webgpu`, a devDependency): run npm ci");
   process.exit(2);
 });
 Object.assign(globalThis, webgpu.globals);

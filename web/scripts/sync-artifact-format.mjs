@@ -26,6 +26,10 @@ const missing = needed.filter((k) => !(k in format));
 for (const k of ["chat_config", "manifest", "model_lib_pattern"]) {
   if (!format.files || !(k in format.files)) missing.push(`files.${k}`);
 }
+// The KV-cache builtins engine.ts calls by these names.
+for (const k of ["add_sequence", "begin_forward", "end_forward", "clear", "popn", "enable_sliding_window"]) {
+  if (!format.kv_builtins || !(k in format.kv_builtins)) missing.push(`kv_builtins.${k}`);
+}
 if (missing.length) {
   console.error(`sync-artifact-format: ${source} lacks ${missing.join(", ")} (web/src/artifact.ts reads them)`);
   process.exit(1);

@@ -179,6 +179,23 @@ interface GPUSetup {
   adapterDescription: string;
 }
 
+/**
+ * A one-line description of the adapter for logs, errors and benchmarks. Browsers often blank
+ * `info` fields (privacy); Chromium fills `description` under --enable-webgpu-developer-features.
+ * A compatibility-mode adapter (no "core-features-and-limits") and a fallback (software) adapter
+ * are flagged, since both change what a model build can expect.
+ */
+export function describeAdapter(adapter: GPUAdapter): string {
+  const info = adapter.info as (GPUAdapterInfo & { isFallbackAdapter?: boolean }) | undefined;
+  const parts = info ? [info.vendor, info.architecture, info.description].filter((x) => typeof x === "string" && x.length > 0) : [];
+  let text = parts.join(" ") || "unknown adapter";
+  const flags: string[] = [];
+  if (info?.isFallbackAdapter) flags.push("fallback");
+  if (!adapter.features.has("core-features-and-limits" as GPUFeatureName)) flags.push("compatibility mode");
+  if (flags.length) text += ` [${flags.join(", ")}]`;
+  return text;
+}
+
 async function requestDevice(gpu: GPU | undefined, requiredFeatures: readonly string[], adapterOptions?: GPURequestAdapterOptions): Promise<GPUSetup> {
   if (!gpu) {
     throw new WebGPUNotAvailableError(
@@ -192,8 +209,7 @@ async function requestDevice(gpu: GPU | undefined, requiredFeatures: readonly st
       "WebGPU is present but no GPU adapter is available (blocklisted driver, or GPU access disabled).",
     );
   }
-  const info = adapter.info;
-  const adapterDescription = info ? [info.vendor, info.architecture, info.description].filter(Boolean).join(" ") || "unknown adapter" : "unknown adapter";
+  const adapterDescription = describeAdapter(adapter);
   for (const f of requiredFeatures) {
     if (!adapter.features.has(f)) {
       throw new FeatureNotSupportedError(
@@ -225,6 +241,41 @@ async function requestDevice(gpu: GPU | undefined, requiredFeatures: readonly st
   }
   const device = await adapter.requestDevice({ requiredFeatures: [...features], requiredLimits });
   return { device, adapterDescription };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sliding-window rules (ARTIFACT.md, "Sliding-window models")
+
+/**
+ * Length of the next prefill chunk for a sequence that already holds `seqLen` tokens.
+ *
+ * TVM's paged prefill applies one sliding window to a whole chunk, not one per query, so a chunk
+ * that crosses the window edge would let its early queries see too few keys. While the sequence
+ * is shorter than the window W, a chunk may only fill it up to W; past the edge, tokens go in one
+ * at a time (only long prompts on sliding-window models ever get there). Without a window
+ * (`slidingWindowSize` <= 0) the chunk is simply `prefillChunkSize`.
+ */
+export function prefillChunkLength(seqLen: number, prefillChunkSize: number, slidingWindowSize: number): number {
+  if (slidingWindowSize <= 0) return prefillChunkSize;
+  if (seqLen >= slidingWindowSize) return 1;
+  return Math.min(prefillChunkSize, slidingWindowSize - seqLen);
+}
+
+/**
+ * The window TVM is told to keep for a sequence: W - 1 cached keys, attended to together with the
+ * new token, which is Hugging Face's `sliding_window` W counting the new token in.
+ */
+export function kvSlidingWindowSize(slidingWindowSize: number): number {
+  return slidingWindowSize - 1;
+}
+
+/**
+ * Whether the KV cache may be rolled back by `kv_state_popn` when it holds `cachedLength` tokens.
+ * Once a sliding-window sequence has more than W - 1 tokens, TVM has dropped the oldest keys, and
+ * popping would leave a window with keys missing at its start: the caller must start over.
+ */
+export function canPopKV(cachedLength: number, slidingWindowSize: number): boolean {
+  return slidingWindowSize <= 0 || cachedLength <= kvSlidingWindowSize(slidingWindowSize);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -289,7 +340,7 @@ export class TVMBackend implements ForwardBackend {
       this.fClear = detach(tvm.getGlobalFunc(KV_BUILTINS.clear));
       this.fAddSeq = detach(tvm.getGlobalFunc(KV_BUILTINS.add_sequence));
       // PopN lets a new turn reuse the shared prefix of the KV cache; optional.
-      this.fPopN = TVMBackend.optionalGlobal(tvm, "vm.builtin.kv_state_popn");
+      this.fPopN = TVMBackend.optionalGlobal(tvm, KV_BUILTINS.popn);
       this.fEnableSlidingWindow =
         config.sliding_window_size > 0 ? TVMBackend.optionalGlobal(tvm, KV_BUILTINS.enable_sliding_window) : undefined;
       const fCreateKV = this.vm.getFunction(VM_FUNCTIONS.createKVCache);
@@ -320,7 +371,8 @@ export class TVMBackend implements ForwardBackend {
   private addSequence(): void {
     this.fAddSeq(this.kv, int64(0));
     if (this.fEnableSlidingWindow) {
-      this.fEnableSlidingWindow(this.kv, int64(0), int64(this.config.sliding_window_size), int64(0));
+      // (kv, seq_id, window, attention_sink_size): see kvSlidingWindowSize for the W - 1.
+      this.fEnableSlidingWindow(this.kv, int64(0), int64(kvSlidingWindowSize(this.config.sliding_window_size)), int64(0));
     }
   }
 
@@ -533,6 +585,8 @@ export class StopMatcher {
 interface GenerationStep {
   text: string;
   logprobs: ChatCompletionTokenLogprob[];
+  /** Ids generated since the previous step (a token whose text is held back waits for the next). */
+  tokenIds: number[];
 }
 
 interface GenerationResult {
@@ -540,6 +594,8 @@ interface GenerationResult {
   promptTokens: number;
   completionTokens: number;
   usage: CompletionUsage;
+  /** Every generated id, EOS included when it ended the generation (as completion_tokens counts it). */
+  completionIds: number[];
 }
 
 interface ResolvedRequest {
@@ -551,6 +607,8 @@ interface ResolvedRequest {
   ignoreEos: boolean;
   logprobs: boolean;
   topLogprobs: number;
+  /** Extension: report prompt and generated token ids in the response. */
+  returnTokenIds: boolean;
 }
 
 function commonPrefixLength(a: readonly number[], b: readonly number[]): number {
@@ -593,6 +651,7 @@ export class Engine implements EngineInterface {
   private generation: { interrupted: boolean } | undefined;
   private deviceLost: string | undefined;
   private lastStats = { prefillTokensPerS: 0, decodeTokensPerS: 0, prefillTokens: 0, decodeTokens: 0 };
+  private adapterDescription: string | undefined;
   private progressCallback: InitProgressCallback | undefined;
 
   readonly chat: EngineInterface["chat"];
@@ -620,6 +679,11 @@ export class Engine implements EngineInterface {
   /** Id of the loaded model, if any. */
   get modelId(): string | undefined {
     return this.model?.modelId;
+  }
+
+  /** The WebGPU adapter of the last load, as one line (vendor, architecture, description, mode). */
+  get adapterInfo(): string | undefined {
+    return this.adapterDescription;
   }
 
   /** The loaded model's chat config (context window, sampling defaults...). */
@@ -708,6 +772,7 @@ export class Engine implements EngineInterface {
       const { device, adapterDescription } = setup;
       ownedDevice = device;
       this.log(`WebGPU adapter: ${adapterDescription}`);
+      this.adapterDescription = adapterDescription;
       device.lost.then((info) => {
         // tvm.dispose() destroys the device on purpose; only an unexpected loss is an error.
         if (info.reason !== "destroyed") {
@@ -809,7 +874,7 @@ export class Engine implements EngineInterface {
   }
 
   /** Turn validated sampling fields + a prompt into everything the decode loop needs. */
-  private resolve(model: LoadedModel, promptIds: number[], s: ParsedSampling, logprobs: boolean, topLogprobs: number): ResolvedRequest {
+  private resolve(model: LoadedModel, promptIds: number[], s: ParsedSampling, logprobs: boolean, topLogprobs: number, returnTokenIds: boolean): ResolvedRequest {
     const ctx = model.config.context_window_size;
     if (promptIds.length === 0) {
       throw new InvalidRequestError("The prompt is empty after tokenization.", { field: "messages", param: "messages" });
@@ -847,6 +912,7 @@ export class Engine implements EngineInterface {
       ignoreEos: s.ignore_eos,
       logprobs,
       topLogprobs,
+      returnTokenIds,
     };
   }
 
@@ -871,6 +937,7 @@ export class Engine implements EngineInterface {
       const { backend, config, tokenizer } = model;
       const ctx = config.context_window_size;
       const chunk = config.prefill_chunk_size;
+      const window = config.sliding_window_size;
       const eos = new Set(config.eos_token_ids);
       const t0 = now();
 
@@ -882,7 +949,7 @@ export class Engine implements EngineInterface {
       let keep = this.kvTokens ? commonPrefixLength(cached, req.promptIds) : 0;
       if (keep === req.promptIds.length) keep -= 1;
       if (this.kvTokens === null || keep < cached.length) {
-        if (keep === 0 || !backend.popN(cached.length - keep)) {
+        if (keep === 0 || !canPopKV(cached.length, window) || !backend.popN(cached.length - keep)) {
           backend.reset();
           keep = 0;
         }
@@ -892,11 +959,13 @@ export class Engine implements EngineInterface {
 
       let logits: Float32Array | null = null;
       try {
-        for (let i = 0; i < toPrefill.length; i += chunk) {
-          const piece = toPrefill.slice(i, i + chunk);
+        let i = 0;
+        while (i < toPrefill.length) {
           const before = this.kvTokens!.length;
+          const piece = toPrefill.slice(i, i + prefillChunkLength(before, chunk, window));
+          i += piece.length;
           this.kvTokens = null; // unknown until the forward returns
-          logits = await backend.prefill(piece, i + chunk >= toPrefill.length);
+          logits = await backend.prefill(piece, i >= toPrefill.length);
           this.kvTokens = req.promptIds.slice(0, before + piece.length);
         }
       } catch (e) {
@@ -913,6 +982,13 @@ export class Engine implements EngineInterface {
       let finishReason: FinishReason | undefined;
       let tFirst = tPrefill;
       let pendingLogprobs: ChatCompletionTokenLogprob[] = [];
+      const generated: number[] = [];
+      let sentIds = 0;
+      const takeIds = (): number[] => {
+        const out = generated.slice(sentIds);
+        sentIds = generated.length;
+        return out;
+      };
       // Ending without a stop string: release what the detokenizer and the matcher held back
       // (unless that very text completes a stop string).
       const flushTail = (): string => {
@@ -930,6 +1006,7 @@ export class Engine implements EngineInterface {
         completionTokens++;
         if (completionTokens === 1) tFirst = now();
         context.push(token);
+        generated.push(token);
 
         let text: string;
         if (eos.has(token) && !req.ignoreEos) {
@@ -948,7 +1025,7 @@ export class Engine implements EngineInterface {
           if (finishReason !== undefined) text += flushTail();
         }
         if (text || pendingLogprobs.length) {
-          yield { text, logprobs: pendingLogprobs };
+          yield { text, logprobs: pendingLogprobs, tokenIds: takeIds() };
           pendingLogprobs = [];
         }
         if (finishReason !== undefined) break;
@@ -964,7 +1041,7 @@ export class Engine implements EngineInterface {
         if (gen.interrupted) {
           finishReason = "abort";
           const tail = flushTail();
-          if (tail) yield { text: tail, logprobs: [] };
+          if (tail) yield { text: tail, logprobs: [], tokenIds: takeIds() };
         }
       }
 
@@ -987,7 +1064,7 @@ export class Engine implements EngineInterface {
           e2e_latency_s: (tEnd - t0) / 1000,
         },
       };
-      return { finishReason: finishReason!, promptTokens: req.promptIds.length, completionTokens, usage };
+      return { finishReason: finishReason!, promptTokens: req.promptIds.length, completionTokens, usage, completionIds: generated };
     } finally {
       if (this.generation === gen) this.generation = undefined;
       release();
@@ -1008,7 +1085,7 @@ export class Engine implements EngineInterface {
     const model = this.requireModel();
     this.checkModelField(model, parsed.model);
     const prompt = model.template.render(parsed.messages);
-    const req = this.resolve(model, this.encodePrompt(model, prompt), parsed.sampling, parsed.logprobs, parsed.topLogprobs);
+    const req = this.resolve(model, this.encodePrompt(model, prompt), parsed.sampling, parsed.logprobs, parsed.topLogprobs, parsed.returnTokenIds);
     const id = randomId("chatcmpl-");
     const created = Math.floor(Date.now() / 1000);
 
@@ -1022,7 +1099,7 @@ export class Engine implements EngineInterface {
         lp.push(...r.value.logprobs);
         r = await it.next();
       }
-      return {
+      const result: ChatCompletion = {
         id,
         object: "chat.completion",
         created,
@@ -1030,6 +1107,11 @@ export class Engine implements EngineInterface {
         choices: [{ index: 0, message: { role: "assistant", content }, finish_reason: r.value.finishReason, logprobs: req.logprobs ? { content: lp } : null }],
         usage: r.value.usage,
       };
+      if (req.returnTokenIds) {
+        result.prompt_token_ids = req.promptIds.slice();
+        result.choices[0]!.token_ids = r.value.completionIds;
+      }
+      return result;
     }
 
     const includeUsage = parsed.includeUsage;
@@ -1038,18 +1120,21 @@ export class Engine implements EngineInterface {
     async function* stream(): AsyncGenerator<ChatCompletionChunk> {
       const base = { id, object: "chat.completion.chunk" as const, created, model: modelId };
       const withUsage = (c: ChatCompletionChunk): ChatCompletionChunk => (includeUsage ? { ...c, usage: null } : c);
-      yield withUsage({ ...base, choices: [{ index: 0, delta: { role: "assistant", content: "" }, finish_reason: null, logprobs: null }] });
+      const ids = new StreamedIds(req);
+      const first: ChatCompletionChunk = { ...base, choices: [{ index: 0, delta: { role: "assistant", content: "" }, finish_reason: null, logprobs: null }] };
+      if (ids.takePrompt()) first.prompt_token_ids = req.promptIds.slice();
+      yield withUsage(first);
       const it = self.generate(model, req);
       try {
         let r = await it.next();
         while (!r.done) {
           yield withUsage({
             ...base,
-            choices: [{ index: 0, delta: { content: r.value.text }, finish_reason: null, logprobs: req.logprobs ? { content: r.value.logprobs } : null }],
+            choices: [{ index: 0, delta: { content: r.value.text }, finish_reason: null, logprobs: req.logprobs ? { content: r.value.logprobs } : null, ...ids.step(r.value.tokenIds) }],
           });
           r = await it.next();
         }
-        yield withUsage({ ...base, choices: [{ index: 0, delta: {}, finish_reason: r.value.finishReason, logprobs: null }] });
+        yield withUsage({ ...base, choices: [{ index: 0, delta: {}, finish_reason: r.value.finishReason, logprobs: null, ...ids.rest(r.value.completionIds) }] });
         if (includeUsage) yield { ...base, choices: [], usage: r.value.usage };
       } finally {
         // A consumer that stops iterating early must not leave the generation holding the lock.
@@ -1077,7 +1162,7 @@ export class Engine implements EngineInterface {
       if (badIdx >= 0) throw new InvalidRequestError(`Invalid 'prompt[${badIdx}]': token id ${promptIds[badIdx]} is outside the vocabulary (${vocab}).`, { field: `prompt[${badIdx}]`, param: "prompt" });
       promptText = model.tokenizer.decode(promptIds);
     }
-    const req = this.resolve(model, promptIds, parsed.sampling, false, 0);
+    const req = this.resolve(model, promptIds, parsed.sampling, false, 0, parsed.returnTokenIds);
     const id = randomId("cmpl-");
     const created = Math.floor(Date.now() / 1000);
     const echo = parsed.echo ? promptText : "";
@@ -1090,7 +1175,7 @@ export class Engine implements EngineInterface {
         text += r.value.text;
         r = await it.next();
       }
-      return {
+      const result: Completion = {
         id,
         object: "text_completion",
         created,
@@ -1098,26 +1183,70 @@ export class Engine implements EngineInterface {
         choices: [{ index: 0, text, finish_reason: r.value.finishReason, logprobs: null }],
         usage: r.value.usage,
       };
+      if (req.returnTokenIds) {
+        result.prompt_token_ids = req.promptIds.slice();
+        result.choices[0]!.token_ids = r.value.completionIds;
+      }
+      return result;
     }
     const includeUsage = parsed.includeUsage;
     const self = this;
     async function* stream(): AsyncGenerator<Completion> {
       const base = { id, object: "text_completion" as const, created, model: model.modelId };
+      const ids = new StreamedIds(req);
+      // prompt_token_ids ride on the first chunk only.
+      const withPrompt = (c: Completion): Completion => (ids.takePrompt() ? { ...c, prompt_token_ids: req.promptIds.slice() } : c);
       const it = self.generate(model, req);
       try {
-        if (echo) yield { ...base, choices: [{ index: 0, text: echo, finish_reason: null, logprobs: null }] };
+        if (echo) yield withPrompt({ ...base, choices: [{ index: 0, text: echo, finish_reason: null, logprobs: null }] });
         let r = await it.next();
         while (!r.done) {
-          yield { ...base, choices: [{ index: 0, text: r.value.text, finish_reason: null, logprobs: null }] };
+          yield withPrompt({ ...base, choices: [{ index: 0, text: r.value.text, finish_reason: null, logprobs: null, ...ids.step(r.value.tokenIds) }] });
           r = await it.next();
         }
-        yield { ...base, choices: [{ index: 0, text: "", finish_reason: r.value.finishReason, logprobs: null }] };
+        yield withPrompt({ ...base, choices: [{ index: 0, text: "", finish_reason: r.value.finishReason, logprobs: null, ...ids.rest(r.value.completionIds) }] });
         if (includeUsage) yield { ...base, choices: [], usage: r.value.usage };
       } finally {
         await it.return?.(undefined as never);
       }
     }
     return stream();
+  }
+}
+
+/**
+ * `return_token_ids` in a stream: each content chunk carries the ids of its delta, and the finish
+ * chunk whatever the deltas did not (a held-back token, EOS), so the chunks' ids concatenate to
+ * every generated id. Spreads to nothing when the request did not ask for ids.
+ */
+class StreamedIds {
+  private sent = 0;
+  private promptPending: boolean;
+  private readonly enabled: boolean;
+
+  constructor(req: ResolvedRequest) {
+    this.enabled = req.returnTokenIds;
+    this.promptPending = req.returnTokenIds;
+  }
+
+  step(ids: number[]): { token_ids?: number[] } {
+    if (!this.enabled) return {};
+    this.sent += ids.length;
+    return { token_ids: ids };
+  }
+
+  rest(all: number[]): { token_ids?: number[] } {
+    if (!this.enabled) return {};
+    const out = all.slice(this.sent);
+    this.sent = all.length;
+    return { token_ids: out };
+  }
+
+  /** True once, for the first chunk, when prompt ids were asked for. */
+  takePrompt(): boolean {
+    const p = this.promptPending;
+    this.promptPending = false;
+    return p;
   }
 }
 

@@ -45,6 +45,12 @@ interface SamplingRequestFields {
   user?: string | null;
   /** Extension: keep generating past EOS (benchmarks). */
   ignore_eos?: boolean | null;
+  /**
+   * Extension (as in vLLM): also return token ids, `prompt_token_ids` on the response (first
+   * chunk when streaming) and `token_ids` on the choice (per delta when streaming; the finish
+   * chunk carries the rest, e.g. EOS). Lets tests compare ids, not only text.
+   */
+  return_token_ids?: boolean | null;
   stream_options?: StreamOptions | null;
 }
 
@@ -120,8 +126,12 @@ export interface ChatCompletion {
     message: { role: "assistant"; content: string };
     finish_reason: FinishReason;
     logprobs: ChoiceLogprobs | null;
+    /** With return_token_ids: the generated ids (EOS included when it ended the answer). */
+    token_ids?: number[];
   }>;
   usage: CompletionUsage;
+  /** With return_token_ids: the prompt's ids after chat template and tokenization. */
+  prompt_token_ids?: number[];
 }
 
 export interface ChatCompletionChunk {
@@ -134,9 +144,13 @@ export interface ChatCompletionChunk {
     delta: { role?: "assistant"; content?: string };
     finish_reason: FinishReason | null;
     logprobs: ChoiceLogprobs | null;
+    /** With return_token_ids: the ids of this chunk's delta. */
+    token_ids?: number[];
   }>;
   /** Present only when stream_options.include_usage is set: null until the final chunk. */
   usage?: CompletionUsage | null;
+  /** With return_token_ids: on the first chunk. */
+  prompt_token_ids?: number[];
 }
 
 export interface Completion {
@@ -144,8 +158,10 @@ export interface Completion {
   object: "text_completion";
   created: number;
   model: string;
-  choices: Array<{ index: number; text: string; finish_reason: FinishReason | null; logprobs: null }>;
+  choices: Array<{ index: number; text: string; finish_reason: FinishReason | null; logprobs: null; token_ids?: number[] }>;
   usage?: CompletionUsage | null;
+  /** With return_token_ids: on the response (on the first chunk when streaming). */
+  prompt_token_ids?: number[];
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -177,6 +193,7 @@ export interface ParsedChatRequest {
   stream: boolean;
   includeUsage: boolean;
   model?: string;
+  returnTokenIds: boolean;
   logprobs: boolean;
   topLogprobs: number;
 }
@@ -187,6 +204,7 @@ export interface ParsedCompletionRequest {
   stream: boolean;
   includeUsage: boolean;
   model?: string;
+  returnTokenIds: boolean;
   echo: boolean;
 }
 
@@ -280,6 +298,7 @@ function parseLogitBias(v: unknown): Map<number, number> {
 const COMMON_FIELDS = [
   "model", "stream", "stream_options", "temperature", "top_p", "n", "max_tokens", "stop", "seed",
   "frequency_penalty", "presence_penalty", "repetition_penalty", "logit_bias", "user", "ignore_eos",
+  "return_token_ids",
 ];
 const CHAT_FIELDS = new Set([
   ...COMMON_FIELDS, "messages", "logprobs", "top_logprobs", "max_completion_tokens", "response_format", "tools",
@@ -304,6 +323,7 @@ function parseCommon(body: Record<string, unknown>): {
   stream: boolean;
   includeUsage: boolean;
   model?: string;
+  returnTokenIds: boolean;
 } {
   const model = opt(body, "model", str);
   const stream = opt(body, "stream", bool) ?? false;
@@ -338,7 +358,13 @@ function parseCommon(body: Record<string, unknown>): {
   set("frequency_penalty", opt(body, "frequency_penalty", (f, v) => num(f, v, -2, 2)));
   set("presence_penalty", opt(body, "presence_penalty", (f, v) => num(f, v, -2, 2)));
   set("repetition_penalty", opt(body, "repetition_penalty", (f, v) => num(f, v, 0, undefined, true)));
-  const out: { sampling: ParsedSampling; stream: boolean; includeUsage: boolean; model?: string } = { sampling, stream, includeUsage };
+  const returnTokenIds = opt(body, "return_token_ids", bool) ?? false;
+  const out: { sampling: ParsedSampling; stream: boolean; includeUsage: boolean; model?: string; returnTokenIds: boolean } = {
+    sampling,
+    stream,
+    includeUsage,
+    returnTokenIds,
+  };
   if (model !== undefined) out.model = model;
   return out;
 }
