@@ -9,6 +9,13 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+
+# mkstemp/mkdtemp create 0600/0700 entries; built models are meant to be hosted, so published
+# files get the usual permissions (as open() would give them) before they are renamed in.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
+DIR_MODE = 0o777 & ~_UMASK
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +42,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -157,6 +157,7 @@ def build_model_folder(
         )
         if out_dir.exists():
             shutil.rmtree(out_dir)
+        tmp.chmod(artifact.DIR_MODE)
         tmp.rename(out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

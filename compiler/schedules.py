@@ -51,40 +51,34 @@ def schedule_passes(model_dtype: str = "float32") -> list[tvm.transform.Pass]:
     return [dl.ApplyDefaultSchedule(dl.cpu.Reduction(), CPUFallback())]
 
 
-def get_gpu_pipeline(target: Target) -> tvm.transform.Pass:
-    """TVM's generic GPU pipeline (dlight schedules), with x @ W^T fused into one matmul first."""
-    from tvm.relax.backend.gpu_generic import pipeline as gpu_generic
+def _pipeline(target: Target, backend, schedules: list[tvm.transform.Pass]) -> tvm.transform.Pass:
+    """TVM's pipeline for `backend` with x @ W^T fused into one matmul first and `schedules`
+    applied right after legalization and fusion."""
 
     @tvm.transform.module_pass(opt_level=0)
-    def _pipeline(mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext) -> tvm.ir.IRModule:
+    def _run(mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext) -> tvm.ir.IRModule:
         with target:
             seq = tvm.transform.Sequential(
-                gpu_generic.library_dispatch_passes(target)
+                backend.library_dispatch_passes(target)
                 + [relax.transform.FuseTransposeMatmul()]
-                + gpu_generic.legalize_passes(target)
-                + gpu_generic.dataflow_lower_passes(target)
-                + gpu_generic.finalize_passes(target)
+                + backend.legalize_passes(target)
+                + schedules
+                + backend.dataflow_lower_passes(target)
+                + backend.finalize_passes(target)
             )
             return seq(mod)
 
-    return _pipeline
+    return _run
+
+
+def get_gpu_pipeline(target: Target) -> tvm.transform.Pass:
+    """Generic GPU (WebGPU, CUDA): the backend's legalize passes already apply dlight's GPU rules."""
+    from tvm.relax.backend.gpu_generic import pipeline as gpu_generic
+
+    return _pipeline(target, gpu_generic, [])
 
 
 def get_cpu_pipeline(target: Target, model_dtype: str = "float32") -> tvm.transform.Pass:
-    """TVM's CPU pipeline with our schedules inserted after fusion."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
-    @tvm.transform.module_pass(opt_level=0)
-    def _pipeline(mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext) -> tvm.ir.IRModule:
-        with target:
-            seq = tvm.transform.Sequential(
-                cpu_generic.library_dispatch_passes(target)
-                + [relax.transform.FuseTransposeMatmul()]
-                + cpu_generic.legalize_passes(target)
-                + schedule_passes(model_dtype)
-                + cpu_generic.dataflow_lower_passes(target)
-                + cpu_generic.finalize_passes(target)
-            )
-            return seq(mod)
-
-    return _pipeline
+    return _pipeline(target, cpu_generic, schedule_passes(model_dtype))

@@ -153,6 +153,10 @@ def test_manifest_describes_every_shard_and_tensor(stories_q4_folder: Path) -> N
 def test_convert_writes_no_temporary_files(stories_q4_folder: Path) -> None:
     leftovers = [p for p in stories_q4_folder.rglob("*") if p.name.startswith(".") or p.suffix == ".tmp"]
     assert leftovers == []
+    # Built folders are hosted as they are: readable by others, like any file open() creates.
+    assert stories_q4_folder.stat().st_mode & 0o777 == artifact.DIR_MODE
+    for p in stories_q4_folder.rglob("*"):
+        assert p.stat().st_mode & 0o777 == (artifact.DIR_MODE if p.is_dir() else artifact.FILE_MODE), p
 
 
 def test_truncated_and_corrupt_shards_are_detected(stories_q4_folder: Path, tmp_path: Path) -> None:
