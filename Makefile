@@ -23,6 +23,7 @@ setup: apt python npm wasm web
 # Chromium (the browser tests), Mesa's Vulkan drivers (lavapipe WebGPU route).
 apt:
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done
+	command -v node >/dev/null 2>&1 || missing="$$missing nodejs npm"
 	if [ -n "$$missing" ]; then
 	  echo "[setup] apt-get install$$missing"
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo

@@ -5,7 +5,11 @@ a fresh clone (`make test`) as on a developer machine: nothing is skipped for la
 model. Builds go to $SPHERE_AAE_HOME/web-dist (conftest.py points SPHERE_AAE_HOME into the clone)
 and are reused while their inputs are unchanged (`build_web_model` keys weights and wasm).
 
-Test modules import the fixtures they use from here (`from browser_support import ...`).
+Test modules import the fixtures they use from here (`from browser_support import ...`). pytest
+then registers a copy of each fixture per importing module, so a "session" fixture here may run
+once per module: the expensive parts (the route probe, the npm build) are memoised at module
+level so those copies share one result. The Playwright driver is per module on purpose (see
+`playwright`).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -44,7 +48,7 @@ def _dist_is_current() -> bool:
 @pytest.fixture(scope="session")
 def web_dist() -> Path:
     """web/dist, (re)built with npm when missing or older than its sources."""
-    if not _dist_is_current():
+    if not _dist_is_current():  # cheap when current, so the per-module copies need no memo
         npm = shutil.which("npm")
         assert npm, "npm is needed to build web/dist (make setup installs Node and the package's deps)"
         if not (WEB / "node_modules").is_dir():
@@ -54,15 +58,26 @@ def web_dist() -> Path:
     return DIST_INDEX.parent
 
 
-@pytest.fixture(scope="session")
-def playwright() -> Iterator[Any]:
-    """One Playwright driver for the session (it starts a Node process; cheap to share)."""
+_memo: dict[str, Any] = {}
+
+
+@pytest.fixture(scope="module")
+def playwright() -> Any:
+    """A Playwright driver for one test module, stopped when the module is done.
+
+    A running sync driver installs an asyncio loop in this thread: kept for the whole session it
+    breaks every later asyncio.run() (the async engine tests) and any other sync driver (web
+    bench). One driver per module, stopped after it, keeps the modules independent.
+    """
     try:
         browser.chromium_path()
     except browser.BrowserUnavailableError as e:
         pytest.fail(str(e))
-    with browser.sync_playwright() as p:
-        yield p
+    driver = browser.sync_playwright().start()
+    try:
+        yield driver
+    finally:
+        driver.stop()
 
 
 @pytest.fixture(scope="session")
@@ -78,19 +93,23 @@ def build(model: str | Path, quantization: str, output: Path) -> Path:
     return build_web_model(str(model), quantization=quantization, output=output, progress=False)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def webgpu_route(playwright: Any, web_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> browser.Adapter:
     """The faster CPU WebGPU route that works here: lavapipe when it gives an adapter, else SwiftShader.
 
     The choice is printed, so a run that fell back (and is therefore slower) says why.
     """
+    if "route" in _memo:
+        return _memo["route"]
     with start_server(SITE, web_models_dir) as srv:
         r = browser.probe_adapter(playwright, srv.url + "/", "lavapipe", tmp_path_factory.mktemp("probe"))
     if r.ok:
         print(f"[browser tests] WebGPU route: lavapipe ({r.description})", file=sys.stderr)
-        return "lavapipe"
-    print(f"[browser tests] lavapipe unavailable ({r.reason}); using SwiftShader", file=sys.stderr)
-    return "swiftshader"
+        _memo["route"] = "lavapipe"
+    else:
+        print(f"[browser tests] lavapipe unavailable ({r.reason}); using SwiftShader", file=sys.stderr)
+        _memo["route"] = "swiftshader"
+    return _memo["route"]
 
 
 def site_url(srv: Any, model_id: str, adapter: browser.Adapter, *, autoload: bool = True) -> str:
