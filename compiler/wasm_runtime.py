@@ -53,6 +53,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .artifact import atomic_write_bytes
+
 if TYPE_CHECKING:  # tvm is imported lazily: `ensure_built` must stay fast and tvm-free.
     import tvm
 
@@ -338,12 +340,6 @@ def _is_current(bdir: Path, key: str, names: list[str]) -> bool:
     )
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 @contextlib.contextmanager
 def _build_lock(bdir: Path) -> Iterator[None]:
     """Serialise builds across processes (parallel tests, two CLIs) with an flock."""
@@ -489,7 +485,7 @@ def build_runtime(progress: bool = True, force: bool = False) -> RuntimeBuild:
             "build_seconds": round(seconds, 1),
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        _atomic_write_text(bdir / "stamp.json", json.dumps(stamp, indent=2) + "\n")
+        atomic_write_bytes(bdir / "stamp.json", (json.dumps(stamp, indent=2) + "\n").encode())
         _log(progress, f"runtime built in {seconds:.0f} s")
         return RuntimeBuild(objects, key, True, seconds)
 

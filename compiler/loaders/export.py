@@ -7,25 +7,11 @@ fixes) for numerics checks: AutoModelForCausalLM / AutoTokenizer.from_pretrained
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from ..artifact import atomic_write_bytes
 from .base import SourceModel
 from .safetensors_io import write_safetensors
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder + rename: never a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def export_hf_dir(src: SourceModel, out_dir: Path | str) -> Path:
@@ -45,7 +31,7 @@ def export_hf_dir(src: SourceModel, out_dir: Path | str) -> Path:
         metadata={"format": "pt"},
     )
     for name, data in src.tokenizer_files.items():
-        write_bytes_atomic(out / name, data)
+        atomic_write_bytes(out / name, data)
     # config.json last: a folder with a config.json is a complete folder.
-    write_bytes_atomic(out / "config.json", json.dumps(config, indent=2).encode("utf-8"))
+    atomic_write_bytes(out / "config.json", json.dumps(config, indent=2).encode("utf-8"))
     return out
