@@ -27,6 +27,7 @@ MANIFEST = FILES["manifest"]
 TENSOR_ALIGNMENT: int = FORMAT["tensor_alignment"]
 DEFAULT_SHARD_BYTES: int = FORMAT["default_shard_bytes"]
 KV_PAGE_SIZE: int = FORMAT["kv_page_size"]
+MAX_BINDING_BYTES: int = FORMAT["max_binding_bytes"]
 DTYPE_BYTES: dict[str, int] = FORMAT["dtype_bytes"]
 
 

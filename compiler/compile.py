@@ -76,6 +76,10 @@ def export_ir(chat_config: dict[str, Any], device: str, debug_functions: bool = 
     target = make_target(device)
     with target:
         mod, named_params = model.export_tvm(spec=model.get_default_spec(debug_functions=debug_functions))
+    if cfg.attn_logit_softcap:
+        from .models.softcap import apply_attention_softcap  # Gemma 2: patches TVM's attention kernels
+
+        mod = apply_attention_softcap(mod, float(cfg.attn_logit_softcap))
     mod = _add_metadata(mod, compile_metadata(chat_config, device, debug_functions))
     return mod, [name for name, _ in named_params]
 

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from . import artifact
 from .loaders import SourceModel
 from .models import Architecture, get_architecture
-from .quantization import QuantScheme, convert_param, quantize_model
+from .quantization import QuantScheme, convert_param, quantize_model, unquantized_reason
 
 
 class WeightError(ValueError):
@@ -121,12 +121,24 @@ def convert_weight(
         bar.update(1)
     writer.flush()
     bar.close()
+    # Nothing is left in float silently: every such tensor is listed, with the reason.
+    unquantized = [{"name": n, "reason": unquantized_reason(n, s, quantization)}
+                   for n, s, _ in stored if _stored_to_source(n, float_shapes) not in quantized]
+    if progress and quantization.weight is not None:
+        kinds: dict[str, int] = {}
+        for u in unquantized:
+            kind = u["reason"].split(" (")[0]
+            kinds[kind] = kinds.get(kind, 0) + 1
+        summary = ", ".join(f"{n} x {k}" for k, n in kinds.items())
+        print(f"[convert] {len(quantized)} matrices quantized; left in {quantization.model_dtype}: {summary} "
+              f"(listed in {artifact.MANIFEST} under 'unquantized')", flush=True)
     manifest = {
         "format_version": artifact.FORMAT_VERSION,
         "quantization": quantization.name,
         "total_bytes": sum(s["bytes"] for s in writer.shards),
         "shards": writer.shards,
         "tensors": tensors,
+        "unquantized": unquantized,
     }
     artifact.atomic_write_json(out_dir / artifact.MANIFEST, manifest)
     return manifest

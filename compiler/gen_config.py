@@ -69,9 +69,12 @@ def gen_config(
     if pad is None:
         pad = hf.get("pad_token_id") if hf.get("pad_token_id") is not None else (eos[0] if eos else 0)
 
-    ctx = int(context_window_size or min(cfg.max_position_embeddings, DEFAULT_CONTEXT_WINDOW))
-    if ctx > cfg.max_position_embeddings:
-        raise ValueError(f"context_window_size={ctx} exceeds the model's max_position_embeddings={cfg.max_position_embeddings}")
+    limit = cfg.context_limit
+    ctx = int(context_window_size or min(limit, DEFAULT_CONTEXT_WINDOW))
+    if ctx > limit:
+        why = ("its longrope short-factor range (original_max_position_embeddings)" if limit < cfg.max_position_embeddings
+               else "max_position_embeddings")
+        raise ValueError(f"context_window_size={ctx} exceeds the model's {why}={limit}; pass a context window of at most {limit}")
     sampling = dict(DEFAULT_SAMPLING)
     gen_cfg = source.tokenizer_files.get("generation_config.json")
     if gen_cfg:

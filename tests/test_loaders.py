@@ -657,9 +657,9 @@ def test_error_unsupported_model_type(tmp_path):
     cfg["model_type"] = "gpt2"
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     shutil.copy(FIXTURE / "model.safetensors", tmp_path)
-    with pytest.raises(ModelSourceError, match="model_type 'gpt2' is not supported.*SUPPORTED"):
+    with pytest.raises(ModelSourceError, match="unsupported architecture 'gpt2'; supported: .*gemma2.*llama.*qwen3"):
         load_source(tmp_path)
-    assert {"llama", "mistral"} <= SUPPORTED_ARCHITECTURES
+    assert {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3"} <= SUPPORTED_ARCHITECTURES
 
 
 def test_error_prequantized_hf(tmp_path):

@@ -9,7 +9,7 @@
 Supported inputs:
 * a Hugging Face folder: config.json + model.safetensors (or model.safetensors.index.json and
   shards) or pytorch_model.bin (or pytorch_model.bin.index.json and shards);
-* a .gguf file (llama architecture; F32/F16/BF16 and every quantization the `gguf` package can
+* a .gguf file (any architecture in the registry with a GGUF map; F32/F16/BF16 and every quantization the `gguf` package can
   dequantize, e.g. Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K);
 * a llama2.c v0 checkpoint .bin, with its tokenizer .bin beside it or passed as `tokenizer=`.
 """
@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..models import ARCHITECTURES as _ARCHITECTURES
 from .base import (
-    SUPPORTED_ARCHITECTURES,
     ModelSourceError,
     SourceModel,
     expected_tensor_shapes,
@@ -27,14 +27,16 @@ from .base import (
     interleaved_to_half_split,
 )
 from .export import export_hf_dir
-from .gguf_loader import GGUF_ARCHITECTURES, gguf_tokenizer_files, load_gguf
+from .gguf_loader import gguf_tokenizer_files, load_gguf
 from .hf import is_hf_folder, load_hf_folder
 from .llama2c import is_llama2c_checkpoint, load_llama2c
 from .tokenizer_build import BYTE_LEVEL_PRE
 
+# HF model_types the registry (sphere_aae.models) knows; a loader refuses anything else up front.
+SUPPORTED_ARCHITECTURES: set[str] = set(_ARCHITECTURES)
+
 __all__ = [
     "BYTE_LEVEL_PRE",
-    "GGUF_ARCHITECTURES",
     "ModelSourceError",
     "SUPPORTED_ARCHITECTURES",
     "SourceModel",

@@ -19,7 +19,6 @@ import numpy as np
 __all__ = [
     "ModelSourceError",
     "SourceModel",
-    "SUPPORTED_ARCHITECTURES",
     "normalize_hf_config",
     "expected_tensor_shapes",
     "check_tensor_set",
@@ -27,16 +26,11 @@ __all__ = [
     "half_split_to_interleaved",
 ]
 
-# Hugging Face `model_type`s whose weights and config this package understands. The lead extends
-# this set when a model definition for another architecture lands (e.g. "qwen2"); a loader refuses
-# anything outside it up front, instead of failing later with a confusing missing-tensor error.
-SUPPORTED_ARCHITECTURES: set[str] = {"llama", "mistral"}
+def _registry():
+    # Imported lazily: the registry pulls in TVM, which plain file inspection does not need.
+    from .. import models
 
-# HF class name written to `architectures` for each supported model_type.
-ARCHITECTURE_CLASSES: dict[str, str] = {
-    "llama": "LlamaForCausalLM",
-    "mistral": "MistralForCausalLM",
-}
+    return models
 
 
 class ModelSourceError(ValueError):
@@ -98,24 +92,32 @@ class SourceModel:
 # Config normalization
 # ---------------------------------------------------------------------------------------------
 
+def _fold_rope(cfg: dict[str, Any], params: dict[str, Any], theta_key: str, scaling_key: str) -> None:
+    params = dict(params)
+    if "rope_theta" in params:
+        cfg[theta_key] = float(params.pop("rope_theta"))
+    if "partial_rotary_factor" in params:
+        cfg.setdefault("partial_rotary_factor", params.pop("partial_rotary_factor"))
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    cfg[scaling_key] = params if rope_type not in (None, "default") else None
+
+
 def _rope_from_parameters(cfg: dict[str, Any]) -> None:
     """Fold transformers-5 `rope_parameters` into the classic `rope_theta` + `rope_scaling` keys.
 
-    transformers 5 saves `{"rope_parameters": {"rope_type": "default", "rope_theta": ...}}`;
-    older releases (and most checkpoints on the Hub) save `rope_theta` and `rope_scaling`. We
-    keep one spelling -- the classic one, which transformers 5 still reads -- so consumers look in
-    one place.
+    transformers 5 saves `{"rope_parameters": {"rope_type": "default", "rope_theta": ...}}` (per
+    kind of layer for Gemma 3: `{"full_attention": {...}, "sliding_attention": {...}}`); older
+    releases (and most checkpoints on the Hub) save `rope_theta` and `rope_scaling` (and Gemma 3's
+    `rope_local_base_freq`). We keep the classic spelling, which transformers 5 still reads, so
+    consumers look in one place.
     """
     params = cfg.pop("rope_parameters", None)
-    if isinstance(params, dict):
-        params = dict(params)
-        if "rope_theta" in params:
-            cfg["rope_theta"] = float(params.pop("rope_theta"))
-        rope_type = params.get("rope_type", params.get("type", "default"))
-        if rope_type not in (None, "default"):
-            cfg["rope_scaling"] = params
-        else:
-            cfg.setdefault("rope_scaling", None)
+    if isinstance(params, dict) and params and all(isinstance(v, dict) for v in params.values()):
+        _fold_rope(cfg, params.get("full_attention", {}), "rope_theta", "rope_scaling")
+        if "sliding_attention" in params:
+            _fold_rope(cfg, params["sliding_attention"], "rope_local_base_freq", "local_rope_scaling")
+    elif isinstance(params, dict):
+        _fold_rope(cfg, params, "rope_theta", "rope_scaling")
     scaling = cfg.get("rope_scaling")
     if isinstance(scaling, dict):
         scaling = dict(scaling)
@@ -131,22 +133,19 @@ def _rope_from_parameters(cfg: dict[str, Any]) -> None:
 def normalize_hf_config(raw: dict[str, Any], where: str) -> dict[str, Any]:
     """Validate a Hugging Face config dict and fill the defaults transformers would apply.
 
-    `where` names the file (or source) in error messages. The result always has:
-    model_type, architectures, hidden_size, intermediate_size, num_hidden_layers,
-    num_attention_heads, num_key_value_heads, head_dim, vocab_size, max_position_embeddings,
-    rms_norm_eps, rope_theta, rope_scaling (None or a dict with "rope_type"), tie_word_embeddings,
-    sliding_window, hidden_act, attention_bias, mlp_bias, bos_token_id, eos_token_id
-    (int, list or None), pad_token_id. Unknown keys are kept.
+    `where` names the file (or source) in error messages. The architecture (from the registry)
+    supplies its config class's defaults; the result always has model_type, architectures,
+    num_key_value_heads, head_dim, rope_theta and rope_scaling (None or a dict with
+    "rope_type"). Unknown keys are kept: the architecture file reads what it needs.
     """
-    cfg = dict(raw)
-    model_type = cfg.get("model_type")
-    if model_type not in SUPPORTED_ARCHITECTURES:
-        raise ModelSourceError(
-            f"{where}: model_type {model_type!r} is not supported "
-            f"(supported: {sorted(SUPPORTED_ARCHITECTURES)}). Use a model of a supported "
-            f"architecture, or add a model definition and extend "
-            f"sphere_aae.loaders.SUPPORTED_ARCHITECTURES."
-        )
+    models = _registry()
+    try:
+        arch = models.get_architecture(raw.get("model_type"))
+    except models.ArchitectureError as e:
+        raise ModelSourceError(f"{where}: {e}") from None
+    if arch.hf_text_config is not None:
+        raw = arch.hf_text_config(raw)
+    cfg = {**arch.hf_defaults, **{k: v for k, v in raw.items() if v is not None or k not in arch.hf_defaults}}
     if cfg.get("quantization_config"):
         method = cfg["quantization_config"].get("quant_method", "?")
         raise ModelSourceError(
@@ -158,78 +157,30 @@ def normalize_hf_config(raw: dict[str, Any], where: str) -> dict[str, Any]:
                            "num_attention_heads", "vocab_size") if not cfg.get(k)]
     if missing:
         raise ModelSourceError(f"{where}: config is missing required key(s) {missing}")
-
-    cfg.setdefault("architectures", [ARCHITECTURE_CLASSES[model_type]])
-    cfg.setdefault("num_key_value_heads", cfg["num_attention_heads"])
-    if cfg["num_key_value_heads"] is None:
+    cfg.setdefault("architectures", [arch.hf_class])
+    if cfg.get("num_key_value_heads") is None:
         cfg["num_key_value_heads"] = cfg["num_attention_heads"]
     if not cfg.get("head_dim"):
         cfg["head_dim"] = cfg["hidden_size"] // cfg["num_attention_heads"]
-    if cfg["num_attention_heads"] % cfg["num_key_value_heads"]:
-        raise ModelSourceError(
-            f"{where}: num_attention_heads={cfg['num_attention_heads']} is not a multiple of "
-            f"num_key_value_heads={cfg['num_key_value_heads']}"
-        )
-    # Defaults below are the ones LlamaConfig / MistralConfig use when a key is absent.
-    is_mistral = model_type == "mistral"
-    cfg.setdefault("max_position_embeddings", 4096 * 32 if is_mistral else 2048)
-    cfg.setdefault("rms_norm_eps", 1e-6)
     _rope_from_parameters(cfg)
-    cfg.setdefault("rope_theta", 10000.0)
+    cfg["rope_theta"] = float(cfg.get("rope_theta") or 10000.0)
     cfg.setdefault("rope_scaling", None)
-    cfg["rope_theta"] = float(cfg["rope_theta"])
-    cfg.setdefault("tie_word_embeddings", False)
-    cfg.setdefault("sliding_window", 4096 if is_mistral else None)
-    cfg.setdefault("hidden_act", "silu")
-    cfg.setdefault("attention_bias", False)
-    cfg.setdefault("mlp_bias", False)
-    cfg.setdefault("bos_token_id", 1)
-    cfg.setdefault("eos_token_id", 2)
-    cfg.setdefault("pad_token_id", None)
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        cfg.setdefault(key, None)
+    try:
+        arch.config_from_hf(cfg)  # every option is read (and refused) in the architecture file
+    except models.ArchitectureError as e:
+        raise ModelSourceError(f"{where}: {e}") from None
     return cfg
 
 
-# ---------------------------------------------------------------------------------------------
-# Expected tensors and shapes (Llama-family layout)
-# ---------------------------------------------------------------------------------------------
-
 def expected_tensor_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-    """Every parameter a Llama/Mistral checkpoint must have, with its Hugging Face shape.
+    """Every tensor a checkpoint of this (normalised) config must have, with its HF shape.
 
     `lm_head.weight` is listed only when embeddings are untied: a tied model reuses
     `model.embed_tokens.weight`.
     """
-    hidden = cfg["hidden_size"]
-    inter = cfg["intermediate_size"]
-    vocab = cfg["vocab_size"]
-    head_dim = cfg["head_dim"]
-    q_out = cfg["num_attention_heads"] * head_dim
-    kv_out = cfg["num_key_value_heads"] * head_dim
-    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab, hidden)}
-    for i in range(cfg["num_hidden_layers"]):
-        p = f"model.layers.{i}."
-        shapes[p + "input_layernorm.weight"] = (hidden,)
-        shapes[p + "self_attn.q_proj.weight"] = (q_out, hidden)
-        shapes[p + "self_attn.k_proj.weight"] = (kv_out, hidden)
-        shapes[p + "self_attn.v_proj.weight"] = (kv_out, hidden)
-        shapes[p + "self_attn.o_proj.weight"] = (hidden, q_out)
-        if cfg.get("attention_bias"):
-            shapes[p + "self_attn.q_proj.bias"] = (q_out,)
-            shapes[p + "self_attn.k_proj.bias"] = (kv_out,)
-            shapes[p + "self_attn.v_proj.bias"] = (kv_out,)
-            shapes[p + "self_attn.o_proj.bias"] = (hidden,)
-        shapes[p + "post_attention_layernorm.weight"] = (hidden,)
-        shapes[p + "mlp.gate_proj.weight"] = (inter, hidden)
-        shapes[p + "mlp.up_proj.weight"] = (inter, hidden)
-        shapes[p + "mlp.down_proj.weight"] = (hidden, inter)
-        if cfg.get("mlp_bias"):
-            shapes[p + "mlp.gate_proj.bias"] = (inter,)
-            shapes[p + "mlp.up_proj.bias"] = (inter,)
-            shapes[p + "mlp.down_proj.bias"] = (hidden,)
-    shapes["model.norm.weight"] = (hidden,)
-    if not cfg.get("tie_word_embeddings"):
-        shapes["lm_head.weight"] = (vocab, hidden)
-    return shapes
+    return _registry().get_architecture(cfg["model_type"]).hf_tensor_shapes(cfg)
 
 
 # Buffers some old checkpoints saved that carry no information (recomputed from the config).
@@ -267,7 +218,7 @@ def check_tensor_set(
         raise ModelSourceError(
             f"{where}: unexpected tensor(s) {unexpected[:3]} (total {len(unexpected)}) for a "
             f"{cfg['model_type']} model; this checkpoint is a variant the loader does not know "
-            f"(check config.json's model_type / attention_bias / mlp_bias)."
+            f"(check config.json's model_type and its bias / norm options)."
         )
     for name, shape in expected.items():
         if tuple(found[name]) != shape:
@@ -282,42 +233,17 @@ def check_tensor_set(
     return list(expected)
 
 
-# ---------------------------------------------------------------------------------------------
-# Rope layout
-# ---------------------------------------------------------------------------------------------
-# Meta's original Llama code (and llama2.c, and llama.cpp / GGUF) rotate adjacent pairs
-# (x[2i], x[2i+1]) of each head; Hugging Face rotates (x[i], x[i + head_dim/2]). The two are the
-# same model once the output rows of q_proj / k_proj are reordered within each head. In the
-# interleaved layout row 2i+j of a head (j in {0, 1}) is row j*head_dim/2 + i of the HF layout.
-
 def interleaved_to_half_split(w: np.ndarray, n_heads: int) -> np.ndarray:
-    """Reorder q/k projection rows from interleaved-pair rope layout to HF's half-split layout.
+    """See models.gguf_common (Llama's q/k row order in GGUF); kept here for loader callers."""
+    from ..models.gguf_common import interleaved_to_half_split as f
 
-    `w` is (n_heads * head_dim, ...) (a weight or a bias); `n_heads` is the number of heads the
-    rows belong to: num_attention_heads for q, num_key_value_heads for k.
-    """
-    rows = w.shape[0]
-    if rows % n_heads or (rows // n_heads) % 2:
-        raise ModelSourceError(
-            f"cannot un-permute rope rows: {rows} rows do not split into {n_heads} heads of "
-            f"even size"
-        )
-    head_dim = rows // n_heads
-    rest = w.shape[1:]
-    # (head, pair index i, j) -> (head, j, i): rows [h, 2i + j] move to [h, j * hd/2 + i].
-    return (
-        w.reshape(n_heads, head_dim // 2, 2, *rest).swapaxes(1, 2).reshape(rows, *rest)
-    )
+    return f(w, n_heads)
 
 
 def half_split_to_interleaved(w: np.ndarray, n_heads: int) -> np.ndarray:
-    """Inverse of `interleaved_to_half_split` (what llama.cpp's converter applies)."""
-    rows = w.shape[0]
-    head_dim = rows // n_heads
-    rest = w.shape[1:]
-    return (
-        w.reshape(n_heads, 2, head_dim // 2, *rest).swapaxes(1, 2).reshape(rows, *rest)
-    )
+    from ..models.gguf_common import half_split_to_interleaved as f
+
+    return f(w, n_heads)
 
 
 def num_elements(shape: tuple[int, ...]) -> int:

@@ -194,6 +194,20 @@ def _merge_generation_eos(cfg: dict[str, Any], folder: Path) -> None:
     cfg["eos_token_id"] = ids[0] if len(ids) == 1 else ids
 
 
+def _text_model_tensors(cfg: dict[str, Any], shapes: dict[str, Any], dtypes: dict[str, str],
+                        read: Callable[[str], np.ndarray]):
+    """A wrapped checkpoint (Gemma 3's multimodal one) exposes only its text model's tensors,
+    under the text model's names; the architecture says how they are spelled."""
+    from .. import models
+
+    rename = models.get_architecture(cfg["model_type"]).hf_tensor_name
+    if rename is None or any(n.startswith("model.layers.") for n in shapes):
+        return shapes, dtypes, read
+    back = {new: old for old in shapes if (new := rename(old)) is not None}
+    return ({n: shapes[o] for n, o in back.items()}, {n: dtypes[o] for n, o in back.items()},
+            lambda name: read(back[name]))
+
+
 def is_hf_folder(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").is_file()
 
@@ -227,6 +241,7 @@ def load_hf_folder(folder: Path) -> SourceModel:
             f"model.safetensors.index.json + shards, pytorch_model.bin, or "
             f"pytorch_model.bin.index.json + shards)"
         )
+    shapes, dtypes, read = _text_model_tensors(cfg, shapes, dtypes, read)
     names = check_tensor_set(shapes, cfg, str(folder))
     return SourceModel(
         path=folder,

@@ -1,43 +1,53 @@
-"""Architecture registry: HF `model_type` -> how to read its config, build it, map its weights."""
+"""Architecture registry: HF `model_type` (or GGUF `general.architecture`) -> its `Architecture`.
+
+Each module below is the one home of one architecture (see base.Architecture); to add one, write
+a module like qwen3.py and list it here. docs: compiler/models/README.md.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Callable
+from typing import Any
 
-from tvm.relax.frontend import nn
+from . import gemma, gemma2, gemma3, llama, mistral, phi3, qwen2, qwen3
+from .base import Architecture, ArchitectureError, ParamSource
+from .decoder import DecoderConfig
 
-from . import llama, mistral
-from .base import ArchitectureError, ParamSource
-
-
-@dataclasses.dataclass(frozen=True)
-class Architecture:
-    name: str
-    config_cls: type  # the typed config stored (as a dict) in aae-chat-config.json's model_config
-    config_from_hf: Callable[[dict[str, Any]], Any]
-    build: Callable[[Any, str], nn.Module]  # (config, model dtype) -> module
-    weight_map: Callable[[Any], dict[str, ParamSource]]
+_MODULES = (llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3, phi3)
+ARCHITECTURES: dict[str, Architecture] = {m.ARCH.model_type: m.ARCH for m in _MODULES}
+_ALIASES: dict[str, str] = {alias: a.model_type for a in ARCHITECTURES.values() for alias in a.aliases}
+GGUF_ARCHITECTURES: dict[str, Architecture] = {a.gguf_arch: a for a in ARCHITECTURES.values() if a.gguf_arch}
 
 
-ARCHITECTURES: dict[str, Architecture] = {
-    "llama": Architecture("llama", llama.LlamaConfig, llama.LlamaConfig.from_hf, llama.LlamaForCausalLM, llama.weight_map),
-    "mistral": Architecture("mistral", llama.LlamaConfig, mistral.config_from_hf, mistral.LlamaForCausalLM, mistral.weight_map),
-}
+def supported() -> str:
+    return ", ".join(sorted(ARCHITECTURES))
 
 
 def get_architecture(model_type: str | None) -> Architecture:
-    if model_type not in ARCHITECTURES:
+    name = _ALIASES.get(str(model_type), model_type)
+    if name not in ARCHITECTURES:
         raise ArchitectureError(
-            f"unsupported architecture {model_type!r}; supported: {', '.join(sorted(ARCHITECTURES))}. "
-            "Add a file under compiler/models/ to support it."
+            f"unsupported architecture {model_type!r}; supported: {supported()}. "
+            "Add a file under compiler/models/ to support it (compiler/models/README.md)."
         )
-    return ARCHITECTURES[model_type]
+    return ARCHITECTURES[name]
 
 
-def config_from_dict(model_type: str, model_config: dict[str, Any]) -> Any:
+def get_gguf_architecture(gguf_arch: str | None) -> Architecture:
+    if gguf_arch not in GGUF_ARCHITECTURES:
+        raise ArchitectureError(
+            f"GGUF general.architecture {gguf_arch!r} is not supported; supported: {', '.join(sorted(GGUF_ARCHITECTURES))}. "
+            "Use a model of a supported architecture."
+        )
+    return GGUF_ARCHITECTURES[gguf_arch]
+
+
+def config_from_dict(model_type: str, model_config: dict[str, Any]) -> DecoderConfig:
     """Rebuild the typed config stored in aae-chat-config.json's `model_config`."""
-    return get_architecture(model_type).config_cls(**model_config)
+    get_architecture(model_type)
+    return DecoderConfig(**model_config)
 
 
-__all__ = ["ARCHITECTURES", "Architecture", "ArchitectureError", "ParamSource", "config_from_dict", "get_architecture"]
+__all__ = [
+    "ARCHITECTURES", "Architecture", "ArchitectureError", "DecoderConfig", "GGUF_ARCHITECTURES", "ParamSource",
+    "config_from_dict", "get_architecture", "get_gguf_architecture", "supported",
+]

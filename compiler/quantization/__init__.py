@@ -77,9 +77,9 @@ class _SwapModules(nn.Mutator):
 
     def visit_module(self, name: str, node: nn.Module):
         spec, dtype = self.scheme.weight, self.scheme.model_dtype
-        if spec is not None and isinstance(node, nn.Linear) and node.bias is None:
+        if spec is not None and isinstance(node, nn.Linear):
             self.quantized[f"{name}.weight"] = node.in_features
-            return GroupQuantLinear(node.in_features, node.out_features, spec, dtype)
+            return GroupQuantLinear(node.in_features, node.out_features, spec, dtype, bias=node.bias is not None)
         if spec is not None and isinstance(node, Embedding):
             self.quantized[f"{name}.weight"] = int(node.dim)
             return GroupQuantEmbedding(int(node.num), int(node.dim), spec, dtype)
@@ -92,6 +92,17 @@ def quantize_model(model: nn.Module, scheme: QuantScheme) -> tuple[nn.Module, di
     swapper = _SwapModules(scheme)
     model = swapper.visit("", model)
     return model, swapper.quantized
+
+
+def unquantized_reason(name: str, shape: tuple[int, ...], scheme: QuantScheme) -> str:
+    """Why a stored parameter holds plain floats (convert_weight lists every one)."""
+    if scheme.weight is None:
+        return f"{scheme.name} keeps every weight in {scheme.model_dtype}"
+    if name.endswith(".bias"):
+        return f"a bias vector ({shape[0]} values), kept in {scheme.model_dtype}"
+    if len(shape) == 1:
+        return f"a norm weight ({shape[0]} values), kept in {scheme.model_dtype}"
+    return f"not a Linear or Embedding weight, kept in {scheme.model_dtype}"
 
 
 def convert_param(name: str, weight: np.ndarray, scheme: QuantScheme, quantized: dict[str, int]) -> dict[str, np.ndarray]:
@@ -113,4 +124,5 @@ __all__ = [
     "dequantize_array",
     "get_scheme",
     "quantize_model",
+    "unquantized_reason",
 ]

@@ -150,21 +150,24 @@ def _matmul_dequantized(x: te.Tensor, stored: list[te.Tensor], out_features: int
 
 
 class GroupQuantLinear(_QuantizedWeight):
-    """Drop-in for nn.Linear (no bias) holding packed codes + scales (+ minima)."""
+    """Drop-in for nn.Linear holding packed codes + scales (+ minima); a bias, when the layer
+    has one, stays a float vector in the model dtype (it is `out` numbers, not a matrix)."""
 
-    def __init__(self, in_features: int, out_features: int, spec: GroupQuantSpec, dtype: str):
+    def __init__(self, in_features: int, out_features: int, spec: GroupQuantSpec, dtype: str, bias: bool = False):
         self.in_features = in_features
         self.out_features = out_features
         self.spec = spec
         self.dtype = dtype
         self._declare(out_features, in_features, spec, dtype)
+        self.bias = nn.Parameter((out_features,), dtype) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
-        return op.tensor_expr_op(
+        out = op.tensor_expr_op(
             lambda xt, *ts: _matmul_dequantized(xt, list(ts), self.out_features, self.in_features, self.spec, self.dtype),
             "quantized_matmul",
             args=[x, *self._stored()],
         )
+        return out + self.bias if self.bias is not None else out
 
 
 class GroupQuantEmbedding(_QuantizedWeight):

@@ -113,22 +113,20 @@ class ModelRuntime:
         self._kv_begin = get("vm.builtin.kv_state_begin_forward")
         self._kv_end = get("vm.builtin.kv_state_end_forward")
         self._kv_clear = get("vm.builtin.kv_state_clear")
-        self._kv_sliding = get("vm.builtin.attention_kv_cache_enable_sliding_window_for_seq")
         self.kv = self._create_kv_cache()
         self._lengths: dict[int, int] = {}
         self._next_seq = 0
 
     def _create_kv_cache(self):
-        sliding = self.sliding_window_size > 0
-        # With a sliding window the cache only keeps the window, so the total can stay small.
-        per_seq = self.context_window_size if not sliding else self.sliding_window_size + self.prefill_chunk_size
-        total = per_seq * self.max_batch_size
+        # Sliding windows live in the kernels of the layers that have one (ARTIFACT.md); the cache
+        # keeps every token of every sequence, and TVM's evicting window stays off.
+        total = self.context_window_size * self.max_batch_size
         return self.vm["create_tir_paged_kv_cache"](
             ShapeTuple([self.max_batch_size]),
             ShapeTuple([total]),
             ShapeTuple([self.prefill_chunk_size]),
             ShapeTuple([artifact.KV_PAGE_SIZE]),
-            ShapeTuple([int(sliding)]),
+            ShapeTuple([0]),
         )
 
     # -- sequences ----------------------------------------------------------------------------
@@ -137,10 +135,6 @@ class ModelRuntime:
             seq_id = self._next_seq
             self._next_seq += 1
             self._kv_add(self.kv, seq_id)
-            if self.sliding_window_size > 0:
-                # TVM keeps `size` cached keys and attends to them plus the new token, i.e. a
-                # window of size + 1; Hugging Face's sliding_window counts the new token in.
-                self._kv_sliding(self.kv, seq_id, self.sliding_window_size - 1, 0)
             self._lengths[seq_id] = 0
             return seq_id
 
@@ -166,7 +160,7 @@ class ModelRuntime:
         if seq_id not in self._lengths:
             raise KeyError(f"unknown sequence {seq_id}")
         total = self._lengths[seq_id] + extra
-        if self.sliding_window_size <= 0 and total > self.context_window_size:
+        if total > self.context_window_size:
             raise ContextWindowError(
                 f"sequence needs {total} tokens, the context window is {self.context_window_size}; "
                 "shorten the prompt or max_tokens, or raise context_window_size (--overrides)"
@@ -202,10 +196,11 @@ class ModelRuntime:
     def _chunk_length(self, seq_id: int) -> int:
         """Tokens the next prefill call may take for this sequence.
 
-        TVM's paged prefill applies one sliding window to a whole chunk, not one per query, so a
-        chunk that crosses the window edge would let early queries see too little. Chunks stay
-        inside the window; past it, tokens go one at a time, which is exact (and only long
-        prompts on sliding-window models ever get there).
+        TVM 0.27's windowed prefill kernels are exact only while no key of the chunk's queries
+        falls out of the window: its within-chunk kernel ignores the window, and its CPU kernel
+        over cached keys yields NaN when the first cached key is masked. So chunks stay inside
+        the window; past it, tokens go one at a time (the decode kernels, which are exact), and
+        only long prompts on sliding-window models ever get there.
         """
         if self.sliding_window_size <= 0:
             return self.prefill_chunk_size

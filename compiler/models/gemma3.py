@@ -1,0 +1,96 @@
+"""Gemma 3 (text): Gemma 2's sandwich norms plus per-head q/k (1 + w) RMSNorm, five sliding
+(local) layers to each global one, and a rope base per kind of layer: local layers use
+`rope_local_base_freq` (10000) unscaled, global layers `rope_theta` (1e6) with the config's
+rope scaling (linear x8 on 4B and up). No attention soft-capping.
+
+Multimodal `gemma3` checkpoints (Gemma3ForConditionalGeneration) are read for their text model:
+the config's `text_config` and the `language_model` tensors; the vision tower is ignored.
+
+GGUF (`gemma3`): norms stored as 1 + w (q/k norms too), NEOX rope. The local rope base is
+`rope.freq_base_swa` in newer files (10000 when absent); the window pattern is not stored
+(llama.cpp: every 6th layer global, or `attention.sliding_window_pattern`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import gemma, gemma2
+from . import gguf_common as G
+from .base import Architecture
+from .decoder import DecoderConfig, common_from_hf
+
+
+def config_from_hf(hf: dict[str, Any]) -> DecoderConfig:
+    common = common_from_hf(hf)
+    return DecoderConfig(
+        **common,
+        **gemma.gemma_options(hf),
+        sandwich_norms=True,
+        qk_norm=True,
+        query_scale=float(hf.get("query_pre_attn_scalar", 256)) ** -0.5,
+        attn_logit_softcap=hf.get("attn_logit_softcapping"),
+        final_logit_softcap=hf.get("final_logit_softcapping"),
+        layer_types=gemma2.layer_types_from_hf(hf, common["num_hidden_layers"], int(hf.get("sliding_window_pattern") or 6)),
+        sliding_window=int(hf.get("sliding_window") or 4096),
+        local_rope_theta=float(hf.get("rope_local_base_freq") or 10000.0),
+        local_rope_scaling=hf.get("local_rope_scaling"),
+    ).finish()
+
+
+def text_config(raw: dict[str, Any]) -> dict[str, Any]:
+    """A Gemma3ForConditionalGeneration config -> its text model's config (gemma3_text)."""
+    if raw.get("model_type") != "gemma3" or not isinstance(raw.get("text_config"), dict):
+        return raw
+    text = dict(raw["text_config"])
+    text["model_type"] = "gemma3_text"
+    text["architectures"] = ["Gemma3ForCausalLM"]
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        if key not in text and key in raw:
+            text[key] = raw[key]
+    return text
+
+
+def text_tensor_name(name: str) -> str | None:
+    """Tensor names of a multimodal checkpoint -> the text model's; None for the vision parts."""
+    for prefix, ours in (("model.language_model.model.", "model."), ("model.language_model.", "model."), ("language_model.model.", "model."),
+                         ("language_model.lm_head.", "lm_head."), ("lm_head.", "lm_head.")):
+        if name.startswith(prefix):
+            return ours + name[len(prefix):]
+    return None
+
+
+def gguf_config(g: G.GGUFMeta) -> dict[str, Any]:
+    hf = G.common_hf_config(g, "gemma3_text", "Gemma3ForCausalLM")
+    G.full_rotary(g, hf["head_dim"])
+    pattern = int(g.key("attention.sliding_window_pattern", 6))
+    window = g.key("attention.sliding_window")
+    hf.update(
+        hidden_activation="gelu_pytorch_tanh", attention_bias=False,
+        rope_scaling=G.rope_scaling_from_keys(g),
+        rope_local_base_freq=G.tidy_float(g.key("rope.freq_base_swa", 10000.0)),
+        final_logit_softcapping=g.key("final_logit_softcapping"),
+        attn_logit_softcapping=None,
+        query_pre_attn_scalar=gemma2.query_pre_attn_scalar(hf, 62),
+        sliding_window=int(window) if window else 4096,
+        sliding_window_pattern=pattern,
+        layer_types=["sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(hf["num_hidden_layers"])],
+    )
+    return hf
+
+
+ARCH = Architecture(
+    model_type="gemma3_text",
+    hf_class="Gemma3ForCausalLM",
+    config_from_hf=config_from_hf,
+    weight_map=gemma2.weight_map,
+    hf_defaults={**gemma.ARCH.hf_defaults, "max_position_embeddings": 131072, "rope_theta": 1000000.0,
+                 "query_pre_attn_scalar": 256, "sliding_window": 4096, "rope_local_base_freq": 10000.0,
+                 "final_logit_softcapping": None, "attn_logit_softcapping": None},
+    aliases=("gemma3",),
+    gguf_arch="gemma3",
+    gguf_config=gguf_config,
+    gguf_tensor=gemma.gguf_tensor,
+    hf_text_config=text_config,
+    hf_tensor_name=text_tensor_name,
+)
