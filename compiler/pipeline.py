@@ -109,7 +109,7 @@ def code_fingerprint() -> str:
     library with weights (or a reference) produced by different code.
     """
     root = Path(__file__).resolve().parent
-    files = sorted([*root.glob("models/*.py"), *root.glob("quantization/*.py"), root / "convert.py",
+    files = sorted([*root.glob("models/*.py"), *root.glob("quantization/*.py"), *root.glob("loaders/*.py"), root / "convert.py",
                     root / "compile.py", root / "schedules.py", root / "gen_config.py",
                     root / "artifact_format.json"])
     h = hashlib.sha256()

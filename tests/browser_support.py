@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from sphere_aae.web import browser, start_server
@@ -110,6 +111,31 @@ def webgpu_route(playwright: Any, web_models_dir: Path, tmp_path_factory: pytest
         print(f"[browser tests] lavapipe unavailable ({r.reason}); using SwiftShader", file=sys.stderr)
         _memo["route"] = "swiftshader"
     return _memo["route"]
+
+
+def native_greedy(model: str, quantization: str, prompt_ids: list[int], n: int, banned: tuple[int, ...] = ()) -> list[int]:
+    """prompt + n greedy tokens from the native engine (CPU): a plain argmax loop.
+
+    `banned` ids never win (what the browser engine's ignore_eos does to EOS).
+    """
+    from sphere_aae.pipeline import prepare_model
+    from sphere_aae.runtime.model_runtime import ModelRuntime
+
+    prepared = prepare_model(model, quantization=quantization, progress=False)
+    rt = ModelRuntime(prepared.model_dir, prepared.lib_path)
+    try:
+        seq = rt.add_sequence()
+        logits = rt.prefill(seq, prompt_ids)
+        out: list[int] = []
+        while True:
+            logits = np.array(logits, dtype=np.float32)
+            logits[list(banned)] = -np.inf
+            out.append(int(np.argmax(logits)))
+            if len(out) == n:
+                return [*prompt_ids, *out]
+            logits = rt.decode([seq], [out[-1]])[0]
+    finally:
+        rt.close()
 
 
 def site_url(srv: Any, model_id: str, adapter: browser.Adapter, *, autoload: bool = True) -> str:

@@ -46,8 +46,14 @@ def smollm2_gguf() -> Path:
     return path
 
 
-def make_tiny_model(out: Path, model_type: str, **overrides) -> Path:
-    """A random-weight HF model of `model_type`, with the stories260K tokenizer (vocab 512)."""
+def make_tiny_model(out: Path, model_type: str, *, weight_std: float = 0.08, vector_std: float = 0.0,
+                    embed_std: float | None = None, **overrides) -> Path:
+    """A random-weight HF model of `model_type`, with the stories260K tokenizer (vocab 512).
+
+    `vector_std` > 0 also moves every 1-D parameter (norm weights, biases) by N(0, vector_std),
+    so that biases, norm weights and (1 + w) norm offsets all matter to the result. `embed_std`
+    sets the embedding's own scale (Gemma multiplies it by sqrt(hidden): with a tied head, a
+    large embedding makes the model repeat its last token)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -64,10 +70,16 @@ def make_tiny_model(out: Path, model_type: str, **overrides) -> Path:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     # from_config initialises with std 0.02: logits would be ~0 and every comparison trivially
     # close. Larger weights make the check sensitive to layout mistakes.
+    # Our own generator: transformers' initialisation draws a varying amount from the global one.
+    gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
+        embedding = model.get_input_embeddings().weight
         for p in model.parameters():
             if p.ndim == 2:
-                p.normal_(0, 0.08)
+                std = embed_std if (embed_std is not None and p is embedding) else weight_std
+                p.normal_(0, std, generator=gen)
+            elif vector_std:
+                p.add_(torch.randn(p.shape, generator=gen) * vector_std)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)

@@ -3,7 +3,8 @@
 - stories260K q0f32 on the demo page (worker engine, SwiftShader): greedy token ids equal the
   native engine's, which equal the fixture's reference;
 - a sliding-window model (tiny Mistral, W = 32) with a prompt past the window: ids equal the
-  native engine's (the chunk rule and W - 1 of ARTIFACT.md, applied by web/src/engine.ts);
+  native engine's (the window in the kernels, a cache that keeps every token, and the prefill
+  chunk rule of ARTIFACT.md, applied by web/src/engine.ts);
 - SmolLM2-135M-Instruct q4f32_1 on the chat page: a streamed answer naming Paris; a second browser
   session on the same profile loads it without fetching a shard; a shard corrupted inside the
   browser cache is caught by its sha256 and fetched again, alone, and the answer is unchanged.
@@ -20,7 +21,6 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
 import pytest
 
 from browser_support import (  # noqa: F401  (fixtures are used by name)
@@ -28,6 +28,7 @@ from browser_support import (  # noqa: F401  (fixtures are used by name)
     build,
     load_in_site,
     model_paths,
+    native_greedy,
     playwright,
     site_url,
     wait_state,
@@ -36,8 +37,6 @@ from browser_support import (  # noqa: F401  (fixtures are used by name)
     webgpu_route,
 )
 from conftest import STORIES_REFERENCE_IDS, STORIES_REFERENCE_TEXT, make_tiny_model
-from sphere_aae.pipeline import prepare_model
-from sphere_aae.runtime.model_runtime import ModelRuntime
 from sphere_aae.web import browser, start_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -46,28 +45,6 @@ STORY_PROMPT = "Once upon a time"
 STORY_TOKENS = 40
 SMOL = "SmolLM2-135M-Instruct"
 QUESTION = "What is the capital of France?"
-
-
-def native_greedy(model: str, quantization: str, prompt_ids: list[int], n: int, banned: tuple[int, ...] = ()) -> list[int]:
-    """prompt + n greedy tokens from the native engine (CPU): a plain argmax loop.
-
-    `banned` ids never win (what the browser engine's ignore_eos does to EOS).
-    """
-    prepared = prepare_model(model, quantization=quantization, progress=False)
-    rt = ModelRuntime(prepared.model_dir, prepared.lib_path)
-    try:
-        seq = rt.add_sequence()
-        logits = rt.prefill(seq, prompt_ids)
-        out: list[int] = []
-        while True:
-            logits = np.array(logits, dtype=np.float32)
-            logits[list(banned)] = -np.inf
-            out.append(int(np.argmax(logits)))
-            if len(out) == n:
-                return [*prompt_ids, *out]
-            logits = rt.decode([seq], [out[-1]])[0]
-    finally:
-        rt.close()
 
 
 def _page(ctx: Any) -> tuple[Any, list[str]]:

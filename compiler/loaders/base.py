@@ -145,7 +145,7 @@ def normalize_hf_config(raw: dict[str, Any], where: str) -> dict[str, Any]:
         raise ModelSourceError(f"{where}: {e}") from None
     if arch.hf_text_config is not None:
         raw = arch.hf_text_config(raw)
-    cfg = {**arch.hf_defaults, **{k: v for k, v in raw.items() if v is not None or k not in arch.hf_defaults}}
+    cfg = {**arch.hf_defaults, **raw}  # an explicit null (no softcap, no window) stays null
     if cfg.get("quantization_config"):
         method = cfg["quantization_config"].get("quant_method", "?")
         raise ModelSourceError(

@@ -123,6 +123,14 @@ def load_gguf(path: Path) -> SourceModel:
                 f"supported."
             )
         hf_to_gguf[hf] = name
+    missing = [name for name, hf in names_in_file.items() if hf in expected and hf not in hf_to_gguf]
+    if missing:
+        # Named as the file names them (check_tensor_set would give the HF names only).
+        raise ModelSourceError(
+            f"{where}: missing {len(missing)} tensor(s) a {arch.gguf_arch} model of this config has, first "
+            f"{', '.join(f'{n!r} ({names_in_file[n]})' for n in missing[:3])}; the file is incomplete "
+            f"or not a llama.cpp conversion of a {cfg['model_type']} model ({cfg['num_hidden_layers']} layers)."
+        )
     shapes = {hf: by_name[g].shape for hf, g in hf_to_gguf.items()}
     names = check_tensor_set(shapes, cfg, where)
 

@@ -49,8 +49,9 @@ def gguf_config(g: G.GGUFMeta) -> dict[str, Any]:
 
 
 def gguf_tensor(hf_name: str, w: np.ndarray, hf: dict[str, Any]) -> np.ndarray:
-    # The converter stored 1 + w for every norm; in float32, (1 + w) - 1 gives back w exactly
-    # whenever 1 + w lies in [0.5, 2] (Sterbenz), which covers trained Gemma norms.
+    # The converter stored 1 + w for every norm. For 1 + w in [0.5, 2] (trained Gemma norms)
+    # the float32 subtraction below is exact (Sterbenz), so we get what the file holds minus one;
+    # the low bits of w that the converter's 1 + w rounded away (< 2**-24 for |w| < 1) are gone.
     return (w - np.float32(1.0)).astype(np.float32) if G.is_norm_weight(hf_name) else w
 
 

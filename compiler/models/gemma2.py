@@ -3,9 +3,9 @@ residual add), a sliding window on every other layer (layer 0 slides), attention
 final-logit soft-capping, and `query_pre_attn_scalar` for the attention scale.
 
 GGUF (`gemma2`): as Gemma (norm weights stored as 1 + w, tied, NEOX rope), plus
-`attn_logit_softcapping`, `final_logit_softcapping` and `attention.sliding_window`. It stores no
-query_pre_attn_scalar: llama.cpp uses hidden/heads for the 46-layer 27B and head_dim otherwise,
-and so do we.
+`attn_logit_softcapping`, `final_logit_softcapping` (llama.cpp assumes 50 and 30 where a file
+lacks them) and `attention.sliding_window`. It stores no query_pre_attn_scalar: llama.cpp uses
+hidden/heads for the 46-layer 27B and head_dim otherwise, and so do we.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ def config_from_hf(hf: dict[str, Any]) -> DecoderConfig:
         **common,
         **gemma.gemma_options(hf),
         sandwich_norms=True,
+        qkv_bias=bool(hf.get("attention_bias")),
+        o_bias=bool(hf.get("attention_bias")),
         query_scale=float(hf.get("query_pre_attn_scalar", 256)) ** -0.5,
         attn_logit_softcap=hf.get("attn_logit_softcapping"),
         final_logit_softcap=hf.get("final_logit_softcapping"),
@@ -51,11 +53,12 @@ def weight_map(cfg: DecoderConfig):
     return decoder_weight_map(cfg, norms=SANDWICH_NORMS)
 
 
-def query_pre_attn_scalar(hf: dict[str, Any], big_model_layers: int) -> float:
-    """llama.cpp's rule for the scalar GGUF does not store."""
+def query_pre_attn_scalar(hf: dict[str, Any], big_model_layers: int) -> int:
+    """llama.cpp's rule for the scalar GGUF does not store. An int: transformers' Gemma 2/3
+    config classes refuse a float here."""
     if hf["num_hidden_layers"] == big_model_layers:
-        return hf["hidden_size"] / hf["num_attention_heads"]
-    return float(hf["head_dim"])
+        return int(hf["hidden_size"]) // int(hf["num_attention_heads"])
+    return int(hf["head_dim"])
 
 
 def gguf_config(g: G.GGUFMeta) -> dict[str, Any]:
@@ -63,7 +66,9 @@ def gguf_config(g: G.GGUFMeta) -> dict[str, Any]:
     G.full_rotary(g, hf["head_dim"])
     hf.update(
         hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True, attention_bias=False,
-        attn_logit_softcapping=g.key("attn_logit_softcapping"), final_logit_softcapping=g.key("final_logit_softcapping"),
+        # Absent keys: llama.cpp's defaults for Gemma 2 (50 and 30), not "no soft-capping".
+        attn_logit_softcapping=G.tidy_float(g.key("attn_logit_softcapping", 50.0)),
+        final_logit_softcapping=G.tidy_float(g.key("final_logit_softcapping", 30.0)),
         sliding_window=int(g.key("attention.sliding_window", 4096)),
         query_pre_attn_scalar=query_pre_attn_scalar(hf, 46),
     )

@@ -7,8 +7,10 @@ Multimodal `gemma3` checkpoints (Gemma3ForConditionalGeneration) are read for th
 the config's `text_config` and the `language_model` tensors; the vision tower is ignored.
 
 GGUF (`gemma3`): norms stored as 1 + w (q/k norms too), NEOX rope. The local rope base is
-`rope.freq_base_swa` in newer files (10000 when absent); the window pattern is not stored
-(llama.cpp: every 6th layer global, or `attention.sliding_window_pattern`).
+`rope.freq_base_swa` in newer files (10000 when absent); llama.cpp's converter does not store
+the window pattern (llama.cpp: every 6th layer global; `attention.sliding_window_pattern`, an
+int period or one bool per layer, where a file has it), and writes no window at all for a
+model whose layers are all global.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ def config_from_hf(hf: dict[str, Any]) -> DecoderConfig:
         **common,
         **gemma.gemma_options(hf),
         sandwich_norms=True,
+        qkv_bias=bool(hf.get("attention_bias")),
+        o_bias=bool(hf.get("attention_bias")),
         qk_norm=True,
         query_scale=float(hf.get("query_pre_attn_scalar", 256)) ** -0.5,
         attn_logit_softcap=hf.get("attn_logit_softcapping"),
@@ -63,19 +67,32 @@ def text_tensor_name(name: str) -> str | None:
 def gguf_config(g: G.GGUFMeta) -> dict[str, Any]:
     hf = G.common_hf_config(g, "gemma3_text", "Gemma3ForCausalLM")
     G.full_rotary(g, hf["head_dim"])
-    pattern = int(g.key("attention.sliding_window_pattern", 6))
+    n_layers = hf["num_hidden_layers"]
     window = g.key("attention.sliding_window")
+    # llama.cpp: every 6th layer global when the file has a window; some converters store the
+    # pattern (an int period, or one bool per layer, true = sliding). No window: all global
+    # (the converter omits the window for sliding_window_pattern == 1).
+    pattern = g.key("attention.sliding_window_pattern", 6, per_layer=True)
+    if not window:
+        sliding = [False] * n_layers
+    elif isinstance(pattern, list):
+        if len(pattern) != n_layers:
+            raise g.fail(f"{g.arch}.attention.sliding_window_pattern lists {len(pattern)} layers, the model has {n_layers}")
+        sliding = [bool(p) for p in pattern]
+    else:
+        sliding = [bool((i + 1) % int(pattern)) for i in range(n_layers)]
     hf.update(
         hidden_activation="gelu_pytorch_tanh", attention_bias=False,
         rope_scaling=G.rope_scaling_from_keys(g),
         rope_local_base_freq=G.tidy_float(g.key("rope.freq_base_swa", 10000.0)),
-        final_logit_softcapping=g.key("final_logit_softcapping"),
+        final_logit_softcapping=G.tidy_float(cap) if (cap := g.key("final_logit_softcapping")) else None,
         attn_logit_softcapping=None,
         query_pre_attn_scalar=gemma2.query_pre_attn_scalar(hf, 62),
-        sliding_window=int(window) if window else 4096,
-        sliding_window_pattern=pattern,
-        layer_types=["sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(hf["num_hidden_layers"])],
+        sliding_window=int(window) if window else None,
+        layer_types=["sliding_attention" if s else "full_attention" for s in sliding],
     )
+    if isinstance(pattern, int):
+        hf["sliding_window_pattern"] = int(pattern)
     return hf
 
 

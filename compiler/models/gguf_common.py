@@ -113,7 +113,7 @@ def rope_scaling_from_keys(g: GGUFMeta) -> dict[str, Any] | None:
         if attn:
             scaling["attention_factor"] = tidy_float(attn)
         return scaling
-    raise g.fail(f"rope scaling type {kind!r} is not supported")
+    raise g.fail(f"{g.arch}.rope.scaling.type={kind!r} is not supported for {g.arch} (supported: none, linear, yarn)")
 
 
 def full_rotary(g: GGUFMeta, head_dim: int) -> None:

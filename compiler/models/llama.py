@@ -65,8 +65,8 @@ def gguf_config(g: G.GGUFMeta) -> dict[str, Any]:
             raise g.fail(f"both rope_freqs and rope.scaling.type={scaling['rope_type']!r}")
         factors = g.read("rope_freqs.weight").astype(np.float64).ravel()
         scaling = _llama3_rope_scaling(g, factors, hf["rope_theta"], hf["head_dim"])
-    bias = "blk.0.attn_q.bias" in g.tensors
-    hf.update(rope_scaling=scaling, hidden_act="silu", attention_bias=bias, mlp_bias=False)
+    hf.update(rope_scaling=scaling, hidden_act="silu", attention_bias="blk.0.attn_q.bias" in g.tensors,
+              mlp_bias="blk.0.ffn_down.bias" in g.tensors)
     return hf
 
 

@@ -12,6 +12,7 @@ the factors as `rope_factors_short.weight` / `rope_factors_long.weight`, the rot
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -55,12 +56,23 @@ def gguf_config(g: G.GGUFMeta) -> dict[str, Any]:
     rope_dim = int(g.key("rope.dimension_count", head_dim))
     orig = int(g.key("rope.scaling.original_context_length", hf["max_position_embeddings"]))
     scaling = None
-    if "rope_factors_short.weight" in g.tensors:
-        scaling = {
-            "rope_type": "longrope",
-            "short_factor": [G.tidy_float(x) for x in g.read("rope_factors_short.weight").ravel()],
-            "long_factor": [G.tidy_float(x) for x in g.read("rope_factors_long.weight").ravel()],
-        }
+    factors = [n for n in ("rope_factors_short.weight", "rope_factors_long.weight") if n in g.tensors]
+    if factors:
+        if len(factors) != 2:
+            raise g.fail(f"longrope needs both rope_factors_short.weight and rope_factors_long.weight; the file has only {factors[0]}")
+        scaling = {"rope_type": "longrope"}
+        for name, key in (("rope_factors_short.weight", "short_factor"), ("rope_factors_long.weight", "long_factor")):
+            values = g.read(name).ravel()
+            if values.size != rope_dim // 2:
+                raise g.fail(f"{name} has {values.size} factors; the rotary part ({rope_dim} dimensions) needs {rope_dim // 2}")
+            scaling[key] = [G.tidy_float(x) for x in values]
+        # llama.cpp's converter writes the attention factor it computed from the context lengths
+        # (what transformers computes too); keep it only where it says something else.
+        attn = g.key("rope.scaling.attn_factor")
+        scale = hf["max_position_embeddings"] / orig
+        default = math.sqrt(1 + math.log(scale) / math.log(orig)) if scale > 1.0 else 1.0
+        if attn is not None and not math.isclose(float(attn), default, rel_tol=1e-6):
+            scaling["attention_factor"] = G.tidy_float(attn)
     window = g.key("attention.sliding_window")
     hf.update(
         hidden_act="silu", rope_scaling=scaling, original_max_position_embeddings=orig,

@@ -3,12 +3,19 @@
 The folder lands in `<output>/<model-id>/`, and `<output>/models.json` lists every built model
 (the demo site's model picker reads it). `model_url` entries are relative to models.json, so the
 whole output folder can be hosted anywhere as it is.
+
+Before anything is written, the model's stored tensors (from its config and the scheme, without
+converting) are checked against the artifact's `max_binding_bytes`: WebGPU binds each weight
+tensor as one storage buffer, and compatibility-mode adapters allow 128 MiB. Vocabulary-sized
+tensors are split into row parts by the compiler and pass; any other tensor above the limit is
+refused with its name, its size and the fix (a quantized scheme).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +32,8 @@ from ..pipeline import (
 )
 
 MODELS_LIST = "models.json"
+# Schemes suggested, in order, when a tensor is too large for one binding.
+SUGGESTED_SCHEMES = ("q4f32_1", "q4f16_1")
 # Chat-config key recording what the converted weights were made from (see _weights_key).
 WEIGHTS_KEY = "weights_key"
 
@@ -51,6 +60,53 @@ def _stale(folder: Path, quantization: str, key: str) -> bool:
     # sizes catch truncation, and the browser verifies every shard's sha256 anyway).
     return any(
         not (folder / s["file"]).is_file() or (folder / s["file"]).stat().st_size != s["bytes"] for s in manifest["shards"]
+    )
+
+
+class BindingLimitError(ValueError):
+    """A model tensor would exceed one WebGPU storage binding (artifact max_binding_bytes)."""
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def oversized_tensors(hf_config: dict[str, Any], quantization: str) -> list[tuple[str, tuple[int, ...], str, int]]:
+    """(name, shape, dtype, bytes) of every tensor `quantization` stores above max_binding_bytes,
+    largest first, computed from the config alone (nothing is converted)."""
+    from ..convert import declared_params
+    from ..models import get_architecture
+    from ..quantization import get_scheme
+
+    arch = get_architecture(hf_config.get("model_type"))
+    cfg = arch.config_from_hf(hf_config)
+    _, stored, _ = declared_params(arch, cfg, get_scheme(quantization))
+    out = []
+    for name, shape, dtype in stored:
+        size = math.prod(shape) * artifact.DTYPE_BYTES[str(dtype)]
+        if size > artifact.MAX_BINDING_BYTES:
+            out.append((name, tuple(shape), str(dtype), size))
+    return sorted(out, key=lambda t: -t[3])
+
+
+def check_binding_limits(source: Path, hf_config: dict[str, Any], quantization: str) -> None:
+    """Raise BindingLimitError (naming the tensor, its size, the limit and the fix) when some tensor
+    of `quantization` would not fit one WebGPU storage binding."""
+    too_big = oversized_tensors(hf_config, quantization)
+    if not too_big:
+        return
+    name, shape, dtype, size = too_big[0]
+    others = f" (and {len(too_big) - 1} more tensor(s) above it)" if len(too_big) > 1 else ""
+    fits = [q for q in SUGGESTED_SCHEMES if q != quantization and not oversized_tensors(hf_config, q)]
+    if fits:
+        fix = (f"Use a quantized scheme such as {fits[0]} (`aae-web build {source} --quantization {fits[0]}`), "
+               f"whose tensors all fit.")
+    else:
+        fix = f"Even {' and '.join(SUGGESTED_SCHEMES)} leave a tensor above it: this model is too large for the browser engine."
+    raise BindingLimitError(
+        f"{source}: tensor {name} {list(shape)} {dtype} is {_mib(size)} ({size} bytes) in {quantization}{others}, "
+        f"above the {_mib(artifact.MAX_BINDING_BYTES)} one WebGPU storage binding may hold on compatibility-mode "
+        f"adapters (max_binding_bytes in artifact_format.json). {fix} Nothing was written."
     )
 
 
@@ -83,10 +139,14 @@ def build_web_model(
     force: bool = False,
     progress: bool = True,
 ) -> Path:
+    from ..loaders import load_source
+
     output = Path(output)
     source = resolve_model_path(model)
     if (source / artifact.CHAT_CONFIG).is_file():
         raise ValueError(f"{source} is already a built model folder; give aae-web build the source model (HF folder, GGUF, catalog name)")
+    # Before anything is written: every tensor must fit one storage binding.
+    check_binding_limits(source, load_source(source).hf_config, quantization)
     model_id = model_id or default_model_id(source, quantization)
     folder = output / model_id
     weights_key = _weights_key(source, quantization)

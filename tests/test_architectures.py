@@ -1,0 +1,94 @@
+"""Every architecture family against transformers, natively (cpu), on tiny random-weight models
+with their distinguishing features switched on (tests/tiny_families.py): f32 logits within 1e-4
+at every prompt position and 32 greedy tokens identical; q4f32_1 identical to transformers on the
+quantized-then-dequantized weights, with biased layers quantized like the others; bad configs
+named before anything is written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import read_json
+from tiny_families import FAMILIES, PROMPT, make_family
+
+from sphere_aae import artifact
+from sphere_aae.check import run_check
+from sphere_aae.pipeline import build_model_folder, ensure_model_folder
+
+
+def tiny(root: Path, name: str) -> Path:
+    return make_family(root, name)
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_family_f32_matches_transformers(tiny_models_root: Path, name: str) -> None:
+    r = run_check(str(tiny(tiny_models_root, name)), quantization="q0f32", prompt=PROMPT, max_tokens=32, progress=False)
+    assert len(r.prompt_ids) > 70  # past every window of the families (16)
+    assert r.max_abs_logit_err < 1e-4, (r.max_abs_logit_err, r.layer_max_abs_err)
+    assert r.tokens_match, (r.ids, r.reference_ids)
+    generated = r.ids[len(r.prompt_ids):]
+    assert len(generated) == 32 and len(set(generated)) >= 4, generated  # the weights make output vary
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_family_q4_kernels_are_exact_and_biases_quantized(tiny_models_root: Path, name: str) -> None:
+    path = tiny(tiny_models_root, name)
+    r = run_check(str(path), quantization="q4f32_1", prompt=PROMPT, max_tokens=32, reference_weights="dequantized", progress=False)
+    assert r.max_abs_logit_err < 1e-4, r.max_abs_logit_err
+    assert r.tokens_match, (r.ids, r.reference_ids)
+    manifest = read_json(ensure_model_folder(str(path), "q4f32_1", "cpu", progress=False) / artifact.MANIFEST)
+    names = {t["name"] for t in manifest["tensors"]}
+    # Every matrix is quantized; what stays float is listed with its reason, and is a vector.
+    assert "model.layers.0.self_attn.qkv_proj.q_weight" in names and "model.layers.0.mlp.down_proj.q_weight" in names
+    shapes = {t["name"]: t["shape"] for t in manifest["tensors"]}
+    left = {u["name"]: u["reason"] for u in manifest["unquantized"]}
+    assert left and all(len(shapes[n]) == 1 for n in left), left
+    if FAMILIES[name][0] == "qwen2":
+        assert "model.layers.0.self_attn.qkv_proj.bias" in left and "bias" in left["model.layers.0.self_attn.qkv_proj.bias"]
+
+
+def test_family_configs_read_their_options(tiny_models_root: Path, tmp_path: Path) -> None:
+    """What each architecture file turns on, as stored in the built model's config."""
+    def built(name: str) -> dict:
+        return artifact.read_chat_config(ensure_model_folder(str(tiny(tiny_models_root, name)), "q0f32", "cpu", progress=False))
+
+    g2, g3, phi = built("gemma2"), built("gemma3"), built("phi3")
+    m2 = g2["model_config"]
+    assert m2["norm"] == "rms_offset" and m2["sandwich_norms"] and m2["final_logit_softcap"] == 5.0
+    assert m2["layer_types"] == ["sliding", "full"] and g2["sliding_window_size"] == 16
+    m3 = g3["model_config"]
+    assert m3["layer_types"] == ["sliding"] * 5 + ["full"] and m3["qk_norm"]
+    assert m3["local_rope_theta"] == 1e4 and m3["rope_theta"] == 1e6 and m3["rope_scaling"]["factor"] == 4.0
+    mp = phi["model_config"]
+    assert mp["rotary_dim"] == 8 and mp["rope_scaling"]["rope_type"] == "longrope"
+    assert phi["context_window_size"] <= 128  # longrope: compiled for the short-factor range only
+
+
+def _with_config(src: Path, dst: Path, **changes) -> Path:
+    shutil.copytree(src, dst)
+    cfg = read_json(dst / "config.json")
+    cfg.update(changes)
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+def test_unsupported_option_is_named_and_nothing_written(tiny_models_root: Path, tmp_path: Path) -> None:
+    src = tiny(tiny_models_root, "qwen2")
+    bad = _with_config(src, tmp_path / "rope", rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4})
+    with pytest.raises(ValueError, match="rope_type='dynamic'.*supported") as info:
+        build_model_folder(bad, "q0f32", tmp_path / "out", progress=False)
+    assert "yarn" in str(info.value)
+    bad = _with_config(src, tmp_path / "act", hidden_act="relu")
+    with pytest.raises(ValueError, match="hidden_act='relu'"):
+        build_model_folder(bad, "q0f32", tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_longrope_context_past_short_factors_is_refused(tiny_models_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="original_max_position_embeddings.*128"):
+        build_model_folder(tiny(tiny_models_root, "phi3"), "q0f32", tmp_path / "out", context_window_size=200, progress=False)
+    assert not (tmp_path / "out").exists()
