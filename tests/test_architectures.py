@@ -92,3 +92,57 @@ def test_longrope_context_past_short_factors_is_refused(tiny_models_root: Path, 
     with pytest.raises(ValueError, match="original_max_position_embeddings.*128"):
         build_model_folder(tiny(tiny_models_root, "phi3"), "q0f32", tmp_path / "out", context_window_size=200, progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_catalog_cards_name_registered_architectures() -> None:
+    from sphere_aae.models import get_architecture
+    from sphere_aae.pipeline import catalog
+    from sphere_aae.quantization import SCHEMES
+
+    cards = catalog()
+    for name in ("Qwen2.5-0.5B-Instruct", "Qwen2.5-1.5B-Instruct", "Qwen3-0.6B", "gemma-2-2b-it", "gemma-3-1b-it",
+                 "Phi-3.5-mini-instruct"):
+        assert name in cards
+    for card in cards.values():
+        assert get_architecture(card["architecture"]).model_type == card["architecture"], card["name"]
+        assert set(card["quantizations"]) <= set(SCHEMES) and card["default_quantization"] in card["quantizations"]
+        assert card["source"]["kind"] in ("hf", "python-package")
+        if card["source"]["kind"] == "hf":
+            assert card["source"]["repo"].count("/") == 1  # HF://org/name
+
+
+def test_chat_template_fixture_matches_the_browser_engine() -> None:
+    """Gemma-style templates reject a system role with their own error, a 400 (the JS engine runs
+    the same fixture: web/test/template.test.ts)."""
+    from sphere_aae.engine import ChatTemplate
+    from sphere_aae.protocol import RequestError
+
+    fixture = read_json(Path(__file__).parent / "fixtures" / "chat_template_cases.json")
+    template = ChatTemplate(fixture["template"], fixture["special_tokens"])
+    for case in fixture["cases"]:
+        if "prompt" in case:
+            assert template.render(case["messages"]) == case["prompt"], case["name"]
+            continue
+        with pytest.raises(RequestError) as info:
+            template.render(case["messages"])
+        assert str(info.value) == case["error"] and info.value.param == "messages" and info.value.status_code == 400
+
+
+@pytest.mark.parametrize("name", ["qwen2", "phi3"])  # tied and untied LM heads
+def test_vocabulary_split_into_binding_sized_parts_is_exact(tiny_models_root: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """A vocabulary-sized tensor larger than a WebGPU binding is stored as row parts; embedding
+    lookups and logits over the parts equal transformers' (here with a 40 kB limit, so that a
+    512 x 64 float32 embedding splits into 4 parts)."""
+    monkeypatch.setattr(artifact, "MAX_BINDING_BYTES", 40_000)
+    src = tmp_path / f"{name}-split"
+    shutil.copytree(tiny(tiny_models_root, name), src)  # its own cache entry
+    for quantization, reference in (("q0f32", "source"), ("q4f32_1", "dequantized")):
+        r = run_check(str(src), quantization=quantization, prompt=PROMPT, max_tokens=16, reference_weights=reference, progress=False)
+        assert r.max_abs_logit_err < 1e-4 and r.tokens_match, (quantization, r.max_abs_logit_err)
+    folder = ensure_model_folder(str(src), "q4f32_1", "cpu", progress=False)
+    cfg = artifact.read_chat_config(folder)
+    assert cfg["model_config"]["vocab_parts"] == [128, 128, 128, 128]
+    names = [t["name"] for t in read_json(folder / artifact.MANIFEST)["tensors"]]
+    assert "model.embed_tokens.parts.3.q_weight" in names
+    assert ("lm_head.parts.0.q_weight" in names) == (name == "phi3")

@@ -4,7 +4,7 @@
  * add_generation_prompt), so a prompt here is byte-identical to `apply_chat_template` in Python.
  */
 import { Template } from "@huggingface/jinja";
-import { ArtifactFormatError } from "./errors.js";
+import { ArtifactFormatError, InvalidRequestError } from "./errors.js";
 
 export interface TemplateMessage {
   role: string;
@@ -41,10 +41,19 @@ export class ChatTemplate {
    */
   render(messages: readonly TemplateMessage[], addGenerationPrompt = true): string {
     if (this.template === null) return messages.map((m) => m.content).join("\n");
-    return this.template.render({
-      ...this.vars,
-      messages: messages.map((m) => ({ ...m })),
-      add_generation_prompt: addGenerationPrompt,
-    });
+    try {
+      return this.template.render({
+        ...this.vars,
+        messages: messages.map((m) => ({ ...m })),
+        add_generation_prompt: addGenerationPrompt,
+      });
+    } catch (e) {
+      // raise_exception() in a template is how templates reject a conversation (Gemma: no
+      // system role); that is the caller's error, as in the Python engine.
+      throw new InvalidRequestError(`The model's chat template rejected the messages: ${(e as Error).message}`, {
+        field: "messages",
+        param: "messages",
+      });
+    }
   }
 }
