@@ -307,7 +307,7 @@ def patch_attention_softcap(mod: tvm.IRModule, cap: float) -> tuple[tvm.IRModule
         patched, info = _patch_kernel(name, func, cap)
         updates[gv] = patched
         report.append(info)
-    out = mod.clone() if hasattr(mod, "clone") else mod
+    out = mod.clone()  # shallow: the caller's module keeps its kernels
     for gv, func in updates.items():
         out.update_func(gv, func)
     return out, report
