@@ -37,7 +37,7 @@ FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
     "gemma": ("gemma", dict(GEMMA_VARY, num_key_value_heads=1, head_dim=32, tie_word_embeddings=True)),
     "gemma2": ("gemma2", dict(
         GEMMA_VARY, head_dim=32, sliding_window=16, query_pre_attn_scalar=24, tie_word_embeddings=True,
-        attn_logit_softcapping=None, final_logit_softcapping=5.0,
+        attn_logit_softcapping=2.0, final_logit_softcapping=5.0,
     )),
     "gemma3": ("gemma3_text", dict(
         GEMMA_VARY, head_dim=32, num_hidden_layers=6, sliding_window=16, query_pre_attn_scalar=24, tie_word_embeddings=True,
