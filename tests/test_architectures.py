@@ -146,3 +146,37 @@ def test_vocabulary_split_into_binding_sized_parts_is_exact(tiny_models_root: Pa
     names = [t["name"] for t in read_json(folder / artifact.MANIFEST)["tensors"]]
     assert "model.embed_tokens.parts.3.q_weight" in names
     assert ("lm_head.parts.0.q_weight" in names) == (name == "phi3")
+
+
+def test_gemma3_multimodal_checkpoint_compiles_its_text_model(tmp_path: Path) -> None:
+    """A Gemma3ForConditionalGeneration checkpoint: its text_config and language-model tensors are
+    read, the vision tower is ignored, and the compiled text model matches transformers."""
+    import torch
+    from transformers import AutoConfig, Gemma3ForConditionalGeneration
+
+    from sphere_aae.loaders import load_source
+
+    torch.manual_seed(0)
+    text = dict(vocab_size=512, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=16, sliding_window=16, max_position_embeddings=256, bos_token_id=1, eos_token_id=2)
+    vision = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14)
+    model = Gemma3ForConditionalGeneration(AutoConfig.for_model("gemma3", text_config=text, vision_config=vision, mm_tokens_per_image=4))
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "language_model" in name:
+                p.add_(torch.randn(p.shape, generator=gen) * (0.03 if "embed" in name else 0.15))
+    folder = tmp_path / "gemma3-mm"
+    model.save_pretrained(folder)
+    from conftest import STORIES
+
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(STORIES / name, folder / name)
+    src = load_source(folder)
+    assert src.hf_config["model_type"] == "gemma3_text"
+    assert src.tensor_names[0] == "model.embed_tokens.weight" and not any("vision" in n for n in src.tensor_names)
+    state = model.state_dict()
+    key = next(k for k in state if k.endswith("language_model.layers.1.self_attn.q_norm.weight"))
+    assert (src.get_tensor("model.layers.1.self_attn.q_norm.weight") == state[key].numpy()).all()
+    r = run_check(str(folder), quantization="q0f32", prompt=PROMPT, max_tokens=16, progress=False)
+    assert r.max_abs_logit_err < 1e-4 and r.tokens_match, r.max_abs_logit_err
