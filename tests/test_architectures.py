@@ -42,11 +42,12 @@ def test_family_q4_kernels_are_exact_and_biases_quantized(tiny_models_root: Path
     manifest = read_json(ensure_model_folder(str(path), "q4f32_1", "cpu", progress=False) / artifact.MANIFEST)
     names = {t["name"] for t in manifest["tensors"]}
     # Every matrix is quantized; what stays float is listed with its reason, and is a vector.
-    assert "model.layers.0.self_attn.qkv_proj.q_weight" in names and "model.layers.0.mlp.down_proj.q_weight" in names
+    mlp_out = "fc2" if FAMILIES[name][0] == "phi" else "down_proj"
+    assert "model.layers.0.self_attn.qkv_proj.q_weight" in names and f"model.layers.0.mlp.{mlp_out}.q_weight" in names
     shapes = {t["name"]: t["shape"] for t in manifest["tensors"]}
     left = {u["name"]: u["reason"] for u in manifest["unquantized"]}
     assert left and all(len(shapes[n]) == 1 for n in left), left
-    if FAMILIES[name][0] == "qwen2":
+    if FAMILIES[name][0] in ("qwen2", "phi"):
         assert "model.layers.0.self_attn.qkv_proj.bias" in left and "bias" in left["model.layers.0.self_attn.qkv_proj.bias"]
 
 

@@ -32,7 +32,7 @@ from gguf import GGMLQuantizationType as Q  # noqa: E402
 GGUF_ARCH = {
     "llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2, "qwen3": gguf.MODEL_ARCH.QWEN3,
     "gemma": gguf.MODEL_ARCH.GEMMA, "gemma2": gguf.MODEL_ARCH.GEMMA2, "gemma3": gguf.MODEL_ARCH.GEMMA3,
-    "phi3": gguf.MODEL_ARCH.PHI3,
+    "phi3": gguf.MODEL_ARCH.PHI3, "phi": gguf.MODEL_ARCH.PHI2,
 }
 
 SHORT = [1.0, 1.25, 1.75, 2.5]  # phi3: rotary_dim / 2 = 4 factors (head_dim 16, rotary 8)
@@ -54,6 +54,8 @@ FAMILIES: dict[str, tuple[str, dict]] = {
                                "rope_parameters": {
                                    "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1000000.0},
                                    "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}}),
+    # Phi-2: parallel block from one LayerNorm with bias, partial rotary 0.5, biased LM head.
+    "phi": ("phi", {"num_key_value_heads": 4, "partial_rotary_factor": 0.5}),
     "phi3": ("phi3", {"partial_rotary_factor": 0.5, "pad_token_id": 0, "original_max_position_embeddings": 128,
                       "rope_scaling": {"rope_type": "longrope", "short_factor": SHORT, "long_factor": LONG}}),
 }
@@ -188,6 +190,17 @@ def _set_params(w, family: str, hp: dict) -> dict[str, np.ndarray]:
             w.add_final_logit_softcapping(hp["final_logit_softcapping"])
         if hp.get("sliding_window_pattern") != 1:
             w.add_sliding_window(hp["sliding_window"])
+    elif family == "phi":  # Phi2Model.set_gguf_parameters
+        n_embd, n_head = hp["hidden_size"], hp["num_attention_heads"]
+        w.add_context_length(hp["max_position_embeddings"])
+        w.add_embedding_length(n_embd)
+        w.add_feed_forward_length(hp["intermediate_size"])
+        w.add_block_count(hp["num_hidden_layers"])
+        w.add_head_count(n_head)
+        w.add_head_count_kv(n_head)
+        w.add_layer_norm_eps(hp["layer_norm_eps"])
+        w.add_rope_dimension_count(int(rope.get("partial_rotary_factor", 0.5) * n_embd) // n_head)
+        w.add_add_bos_token(False)
     elif family == "phi3":
         n_embd, n_head = hp["hidden_size"], hp["num_attention_heads"]
         orig = rope["original_max_position_embeddings"]
@@ -351,6 +364,8 @@ def _expected_config(family: str, c: dict) -> None:
         assert c["rope_scaling"] == {"rope_type": "linear", "factor": 4.0}
         assert (c["sliding_window"], c["final_logit_softcapping"], c["attn_logit_softcapping"]) == (16, 20.0, None)
         assert c["layer_types"] == ["sliding_attention"] * 5 + ["full_attention"]
+    if family == "phi":
+        assert c["partial_rotary_factor"] == 0.5 and c["layer_norm_eps"] == 1e-5 and c["tie_word_embeddings"] is False
     if family == "phi3":
         assert c["partial_rotary_factor"] == 0.5 and c["head_dim"] == 16
         assert c["rope_scaling"]["rope_type"] == "longrope"
@@ -442,7 +457,7 @@ def test_unknown_gguf_architecture(built, tmp_path):
     p = tmp_path / "mamba.gguf"
     write_llamacpp_gguf(p, files["hf_dir"], "qwen2", arch_name="mamba")
     _refused(p, tmp_path, "general.architecture 'mamba' is not supported; "
-                          "supported: gemma, gemma2, gemma3, llama, phi3, qwen2, qwen3")
+                          "supported: gemma, gemma2, gemma3, llama, phi2, phi3, qwen2, qwen3")
 
 
 def test_unknown_rope_scaling_type(built, tmp_path):

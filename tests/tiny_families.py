@@ -9,6 +9,7 @@ overridden). Each family is sized to exercise what sets it apart:
 - gemma2: sliding window 16 on alternate layers (PROMPT crosses it), final-logit soft-capping;
 - gemma3_text: 6 layers so the 5:1 sliding/global pattern has a global layer, window 16, linear
   rope scaling on the global layers and a different rope base on the sliding ones;
+- phi: parallel attention + MLP from one LayerNorm with bias, partial rotary 0.4, biased LM head;
 - phi3: longrope (short factors inside original_max_position_embeddings), partial rotary 0.5.
 
 The folder name carries a digest of the family's entry, so editing the table can never reuse a
@@ -46,6 +47,10 @@ FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
             "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
         },
     )),
+    # Phi-2: one LayerNorm (with bias) feeding attention and MLP in parallel, partial rotary 0.4,
+    # tanh-GELU fc1/fc2, biases everywhere including the LM head
+    "phi": ("phi", dict(VARY, num_key_value_heads=4, partial_rotary_factor=0.4, resid_pdrop=0.0,
+                        embd_pdrop=0.0, attention_dropout=0.0)),
     "phi3": ("phi3", dict(
         VARY, pad_token_id=0, partial_rotary_factor=0.5, max_position_embeddings=256, original_max_position_embeddings=128,
         rope_scaling={"rope_type": "longrope", "short_factor": [1.0, 1.1, 1.2, 1.3], "long_factor": [2.0] * 4},

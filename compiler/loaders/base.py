@@ -97,7 +97,7 @@ def _fold_rope(cfg: dict[str, Any], params: dict[str, Any], theta_key: str, scal
     if "rope_theta" in params:
         cfg[theta_key] = float(params.pop("rope_theta"))
     if "partial_rotary_factor" in params:
-        cfg.setdefault("partial_rotary_factor", params.pop("partial_rotary_factor"))
+        cfg["partial_rotary_factor"] = params.pop("partial_rotary_factor")
     rope_type = params.get("rope_type", params.get("type", "default"))
     cfg[scaling_key] = params if rope_type not in (None, "default") else None
 
@@ -145,6 +145,8 @@ def normalize_hf_config(raw: dict[str, Any], where: str) -> dict[str, Any]:
         raise ModelSourceError(f"{where}: {e}") from None
     if arch.hf_text_config is not None:
         raw = arch.hf_text_config(raw)
+    raw = dict(raw)
+    _rope_from_parameters(raw)  # before the defaults: rope_parameters speaks for the checkpoint
     cfg = {**arch.hf_defaults, **raw}  # an explicit null (no softcap, no window) stays null
     if cfg.get("quantization_config"):
         method = cfg["quantization_config"].get("quant_method", "?")
@@ -162,7 +164,6 @@ def normalize_hf_config(raw: dict[str, Any], where: str) -> dict[str, Any]:
         cfg["num_key_value_heads"] = cfg["num_attention_heads"]
     if not cfg.get("head_dim"):
         cfg["head_dim"] = cfg["hidden_size"] // cfg["num_attention_heads"]
-    _rope_from_parameters(cfg)
     cfg["rope_theta"] = float(cfg.get("rope_theta") or 10000.0)
     cfg.setdefault("rope_scaling", None)
     for key in ("bos_token_id", "eos_token_id", "pad_token_id"):

@@ -102,15 +102,16 @@ def _rows(start: int, stop: int) -> Callable[[np.ndarray], np.ndarray]:
     return lambda w: np.ascontiguousarray(w[start:stop])
 
 
-def vocab_sources(our: str, hf_name: str, cfg: Any) -> dict[str, ParamSource]:
-    """The embedding or LM head: one parameter, or one per row part (blocks.VocabEmbedding)."""
+def vocab_sources(our: str, hf_name: str, cfg: Any, kind: str = "weight") -> dict[str, ParamSource]:
+    """The embedding or LM head (its weight, or its bias): one parameter, or one per row part
+    (blocks.VocabEmbedding / VocabLinear)."""
     parts = cfg.vocab_parts or [cfg.vocab_size]
-    full = [(cfg.vocab_size, cfg.hidden_size)]
+    full = [(cfg.vocab_size, cfg.hidden_size) if kind == "weight" else (cfg.vocab_size,)]
     if len(parts) == 1:
-        return {f"{our}.weight": ParamSource([hf_name], full)}
+        return {f"{our}.{kind}": ParamSource([hf_name], full)}
     out, start = {}, 0
     for p, rows in enumerate(parts):
-        out[f"{our}.parts.{p}.weight"] = ParamSource([hf_name], full, _rows(start, start + rows))
+        out[f"{our}.parts.{p}.{kind}"] = ParamSource([hf_name], full, _rows(start, start + rows))
         start += rows
     return out
 

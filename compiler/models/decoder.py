@@ -45,6 +45,7 @@ class DecoderConfig:
     mlp_bias: bool = False
     qk_norm: bool = False  # per-head RMSNorm of q and k before rope (Qwen3, Gemma 3)
     sandwich_norms: bool = False  # norms on the attention and MLP outputs too (Gemma 2/3)
+    parallel_block: bool = False  # attention and MLP both read one norm's output, summed (Phi-2)
     query_scale: float | None = None  # attention scale; None: head_dim ** -0.5
     attn_logit_softcap: float | None = None  # Gemma 2: scores = cap * tanh(scores / cap)
     final_logit_softcap: float | None = None  # Gemma 2: logits = cap * tanh(logits / cap)
@@ -124,13 +125,15 @@ class DecoderConfig:
 
 class DecoderLayer(nn.Module):
     """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x)); with `sandwich_norms`
-    the attention and MLP outputs are normalised too, before their residual add."""
+    the attention and MLP outputs are normalised too, before their residual add; with
+    `parallel_block`, x + attn(norm(x)) + mlp(norm(x)) from the one norm."""
 
     def __init__(self, cfg: DecoderConfig, layer_id: int):
         self.self_attn = Attention(cfg, layer_id)
         self.mlp = make_mlp(cfg)
         self.input_layernorm = make_norm(cfg.norm, cfg.hidden_size, cfg.norm_eps)
-        self.post_attention_layernorm = make_norm(cfg.norm, cfg.hidden_size, cfg.norm_eps)
+        self.parallel = cfg.parallel_block
+        self.post_attention_layernorm = None if cfg.parallel_block else make_norm(cfg.norm, cfg.hidden_size, cfg.norm_eps)
         if cfg.sandwich_norms:
             self.attn_output_norm = make_norm(cfg.norm, cfg.hidden_size, cfg.norm_eps)
             self.mlp_output_norm = make_norm(cfg.norm, cfg.hidden_size, cfg.norm_eps)
@@ -138,6 +141,9 @@ class DecoderLayer(nn.Module):
             self.attn_output_norm = self.mlp_output_norm = None
 
     def forward(self, hidden: Tensor, kv_cache: PagedKVCache, positions: Tensor) -> Tensor:
+        if self.parallel:
+            normed = self.input_layernorm(hidden)
+            return hidden + self.self_attn(normed, kv_cache, positions) + self.mlp(normed)
         attn = self.self_attn(self.input_layernorm(hidden), kv_cache, positions)
         if self.attn_output_norm is not None:
             attn = self.attn_output_norm(attn)
