@@ -104,18 +104,10 @@ def make_family_model(root: Path, family: str) -> Path:
 
 
 def tok512_vocab() -> tuple[list[str], list[float], list[int]]:
-    """The stories260K SentencePiece vocabulary (tokens from tokenizer.json, scores from the
-    llama2.c tok512.bin), with llama.cpp's token types."""
-    data = (STORIES / "llama2c" / "tok512.bin").read_bytes()
-    vocab = json.loads((STORIES / "tokenizer.json").read_text())["model"]["vocab"]
-    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
-    off, scores = 4, []
-    while off < len(data):
-        score, n = struct.unpack_from("<fi", data, off)
-        scores.append(score)
-        off += 8 + n
-    types = [2 if i == 0 else 3 if i in (1, 2) else 6 if t.startswith("<0x") else 1 for i, t in enumerate(tokens)]
-    return tokens, scores, types
+    """The stories260K SentencePiece vocabulary with llama.cpp's token types (test_loaders')."""
+    from test_loaders import _tok512_vocab
+
+    return _tok512_vocab()
 
 
 def _permute(w: np.ndarray, n_head: int) -> np.ndarray:

@@ -33,20 +33,27 @@ def layer_types_from_hf(hf: dict[str, Any], n_layers: int, every: int) -> list[s
     return ["sliding" if t == "sliding_attention" else "full" for t in types]
 
 
-def config_from_hf(hf: dict[str, Any]) -> DecoderConfig:
+def sandwich_options(hf: dict[str, Any], global_every: int) -> dict[str, Any]:
+    """The DecoderConfig fields Gemma 2 and Gemma 3 read alike (every `global_every`-th layer
+    attends globally unless the config lists layer_types)."""
     common = common_from_hf(hf)
-    return DecoderConfig(
+    bias = bool(hf.get("attention_bias"))
+    return dict(
         **common,
         **gemma.gemma_options(hf),
         sandwich_norms=True,
-        qkv_bias=bool(hf.get("attention_bias")),
-        o_bias=bool(hf.get("attention_bias")),
+        qkv_bias=bias,
+        o_bias=bias,
         query_scale=float(hf.get("query_pre_attn_scalar", 256)) ** -0.5,
         attn_logit_softcap=hf.get("attn_logit_softcapping"),
         final_logit_softcap=hf.get("final_logit_softcapping"),
-        layer_types=layer_types_from_hf(hf, common["num_hidden_layers"], 2),
+        layer_types=layer_types_from_hf(hf, common["num_hidden_layers"], global_every),
         sliding_window=int(hf.get("sliding_window") or 4096),
-    ).finish()
+    )
+
+
+def config_from_hf(hf: dict[str, Any]) -> DecoderConfig:
+    return DecoderConfig(**sandwich_options(hf, 2)).finish()
 
 
 def weight_map(cfg: DecoderConfig):

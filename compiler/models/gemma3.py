@@ -20,23 +20,13 @@ from typing import Any
 from . import gemma, gemma2
 from . import gguf_common as G
 from .base import Architecture
-from .decoder import DecoderConfig, common_from_hf
+from .decoder import DecoderConfig
 
 
 def config_from_hf(hf: dict[str, Any]) -> DecoderConfig:
-    common = common_from_hf(hf)
     return DecoderConfig(
-        **common,
-        **gemma.gemma_options(hf),
-        sandwich_norms=True,
-        qkv_bias=bool(hf.get("attention_bias")),
-        o_bias=bool(hf.get("attention_bias")),
+        **gemma2.sandwich_options(hf, int(hf.get("sliding_window_pattern") or 6)),
         qk_norm=True,
-        query_scale=float(hf.get("query_pre_attn_scalar", 256)) ** -0.5,
-        attn_logit_softcap=hf.get("attn_logit_softcapping"),
-        final_logit_softcap=hf.get("final_logit_softcapping"),
-        layer_types=gemma2.layer_types_from_hf(hf, common["num_hidden_layers"], int(hf.get("sliding_window_pattern") or 6)),
-        sliding_window=int(hf.get("sliding_window") or 4096),
         local_rope_theta=float(hf.get("rope_local_base_freq") or 10000.0),
         local_rope_scaling=hf.get("local_rope_scaling"),
     ).finish()
