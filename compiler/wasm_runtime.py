@@ -53,7 +53,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import wasm_runtime_patches
 from .artifact import atomic_write_bytes
+from .wasm_runtime_patches import PATCHES
 
 if TYPE_CHECKING:  # tvm is imported lazily: `ensure_built` must stay fast and tvm-free.
     import tvm
@@ -316,6 +318,7 @@ def _build_key(plan: dict[str, Path], own: list[Path], emcc_id: str) -> str:
         h.update(rel.encode() + b"\0" + plan[rel].read_bytes() + b"\0")
     for f in own:
         h.update(f"own/{f.name}".encode() + b"\0" + f.read_bytes() + b"\0")
+    h.update(b"patches\0" + Path(wasm_runtime_patches.__file__).read_bytes())
     return h.hexdigest()
 
 
@@ -360,6 +363,9 @@ def _stage_tree(plan: dict[str, Path], stage: Path) -> None:
         dst = tmp / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dst)
+    for rel, fix in PATCHES.items():  # fixes to the wheel's runtime (wasm_runtime_patches.py)
+        target = tmp / rel
+        target.write_text(fix(target.read_text()))
     shutil.rmtree(stage, ignore_errors=True)
     os.replace(tmp, stage)
 

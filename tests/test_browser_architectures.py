@@ -5,9 +5,9 @@
 - a large vocabulary: a tiny Llama with 262144 tokens and hidden 160 in f32, whose tied embedding
   (160 MiB) exceeds one WebGPU storage binding and is split by the compiler into row parts
   (`model.embed_tokens.parts.N.weight`), each within the 128 MiB bindings of the lavapipe route.
-  The prompt holds ids from every part, and the model gets a tokenizer of its own vocabulary size
-  (the stories tokenizer's 512 ids plus placeholder words), since the engine detokenizes what it
-  generates and an id the tokenizer lacks cannot be decoded.
+  8 new tokens; the prompt holds ids from every part (the last row included), and the model gets
+  a tokenizer of its own vocabulary size (the stories tokenizer's 512 ids plus placeholder words),
+  since the engine detokenizes what it generates and an id the tokenizer lacks cannot be decoded.
 
 Every model runs in ONE browser session on one server (the faster route, `webgpu_route`), each
 loaded, run and unloaded in turn by the in-page engine, to keep the number of browser starts and
@@ -42,7 +42,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 NEW_TOKENS = 24
 VOCAB = 262144
-VOCAB_NEW_TOKENS = 16
+VOCAB_NEW_TOKENS = 8  # each decode step reads the 160 MiB head: ~1 s a token on lavapipe
 
 # -- the large-vocabulary model ------------------------------------------------------------------
 
@@ -208,7 +208,8 @@ def test_family_ids_match_native(name: str, arch_models: dict[str, dict[str, Any
     window = m["config"]["sliding_window_size"]
     if window > 0:
         assert len(m["prompt"]) > window + 8, "the prompt must run past the window"
-    assert len(set(native[len(m["prompt"]):])) > 1, "a constant continuation proves little"
+    generated = native[len(m["prompt"]):]
+    assert len(set(generated)) >= 4, f"a near-constant continuation proves little: {generated}"
 
 
 def test_large_vocab_is_split_and_matches_native(arch_models: dict[str, dict[str, Any]], browser_runs: dict[str, Any], webgpu_route: str) -> None:
@@ -222,6 +223,6 @@ def test_large_vocab_is_split_and_matches_native(arch_models: dict[str, dict[str
     if webgpu_route == "lavapipe":
         # The route really has the small bindings the split is for.
         assert browser_runs["__limits"]["maxStorageBufferBindingSize"] <= artifact.MAX_BINDING_BYTES
-    _, native = _check_ids("large-vocab", arch_models, browser_runs)
     first_part = parts[0]["shape"][0]
     assert any(t >= first_part for t in m["prompt"]), "the prompt must use the second part"
+    _check_ids("large-vocab", arch_models, browser_runs)

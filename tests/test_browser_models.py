@@ -2,7 +2,8 @@
 
 - stories260K q0f32 on the demo page (worker engine, SwiftShader): greedy token ids equal the
   native engine's, which equal the fixture's reference;
-- a sliding-window model (tiny Mistral, W = 32) with a prompt past the window: ids equal the
+- a sliding-window model (tiny Mistral, W = 32) with a prompt past the window, then a second
+  request that diverges from it past the window (the cache rolled back with popn): ids equal the
   native engine's (the window in the kernels, a cache that keeps every token, and the prefill
   chunk rule of ARTIFACT.md, applied by web/src/engine.ts);
 - SmolLM2-135M-Instruct q4f32_1 on the chat page: a streamed answer naming Paris; a second browser
@@ -128,21 +129,25 @@ def test_sliding_window_model_ids_match_native(
     assert len(prompt_ids) > window + 8, "the prompt must run past the window"
     n = 12
     native = native_greedy(str(src), "q0f32", prompt_ids, n, banned=tuple(config["eos_token_ids"]))
+    # A second request sharing the first 60 tokens: the engine rolls its cache back to them with
+    # kv_state_popn (allowed at any length: the cache keeps every token) and prefills the rest.
+    diverged = [*prompt_ids[:60], *prompt_ids[5:15]]
+    native2 = native_greedy(str(src), "q0f32", diverged, n, banned=tuple(config["eos_token_ids"]))
 
+    run = """([prompt, n]) => window.aae.engine.completions.create(
+               {prompt, max_tokens: n, temperature: 0, ignore_eos: true, return_token_ids: true})"""
     with start_server(SITE, web_models_dir, web_dist_dir=web_dist) as srv:
         ctx = browser.launch(playwright, tmp_path / "profile", webgpu_route)
         try:
             page, errors = _page(ctx)
             load_in_site(page, site_url(srv, config["model_id"], webgpu_route))
-            r = page.evaluate(
-                """([prompt, n]) => window.aae.engine.completions.create(
-                     {prompt, max_tokens: n, temperature: 0, ignore_eos: true, return_token_ids: true})""",
-                [prompt_ids, n],
-            )
+            r = page.evaluate(run, [prompt_ids, n])
+            r2 = page.evaluate(run, [diverged, n])
             assert errors == []
         finally:
             ctx.close()
     assert r["prompt_token_ids"] + r["choices"][0]["token_ids"] == native
+    assert r2["prompt_token_ids"] + r2["choices"][0]["token_ids"] == native2
 
 
 # -- SmolLM2 on the chat page: answer, cached reload, corrupted shard ------------------------------

@@ -292,16 +292,23 @@ class VocabEmbedding(nn.Module):
             local = op.maximum(op.minimum(ids - starts[p], op.full(ids.shape, self.part_rows[p] - 1, "int32")),
                                op.zeros(ids.shape, "int32"))
             rows = self.parts[p](local)
-            if out is None:
-                out = rows
-                continue
-            inside = op.broadcast_to(op.reshape(op.less(ids, op.full(ids.shape, ends[p], "int32")), [*ids.shape, 1]), rows.shape)
-            out = op.where(inside, rows, out)
+            out = rows if out is None else _select_rows(ids, int(ends[p]), rows, out)
         return out
 
     def lm_head_forward(self, hidden: Tensor) -> Tensor:
         logits = [part.lm_head_forward(hidden) for part in self.parts]
         return logits[0] if len(logits) == 1 else op.concat(logits, dim=-1)
+
+
+def _select_rows(ids: Tensor, end: int, rows: Tensor, other: Tensor) -> Tensor:
+    """rows where id < end, else other; one kernel, so that no boolean tensor is materialised
+    (WebGPU would store it as i8, which WGSL does not have)."""
+
+    def compute(ids_te: te.Tensor, rows_te: te.Tensor, other_te: te.Tensor):
+        return te.compute(rows_te.shape, lambda *i: tirx.if_then_else(ids_te[i[:-1]] < end, rows_te[i], other_te[i]),
+                          name="vocab_part_select")
+
+    return op.tensor_expr_op(compute, "vocab_part_select", args=[ids, rows, other])
 
 
 class VocabLinear(nn.Module):

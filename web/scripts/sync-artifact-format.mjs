@@ -27,7 +27,7 @@ for (const k of ["chat_config", "manifest", "model_lib_pattern"]) {
   if (!format.files || !(k in format.files)) missing.push(`files.${k}`);
 }
 // The KV-cache builtins engine.ts calls by these names.
-for (const k of ["add_sequence", "begin_forward", "end_forward", "clear", "popn", "enable_sliding_window"]) {
+for (const k of ["add_sequence", "begin_forward", "end_forward", "clear", "popn"]) {
   if (!format.kv_builtins || !(k in format.kv_builtins)) missing.push(`kv_builtins.${k}`);
 }
 if (missing.length) {

@@ -245,15 +245,21 @@ async function requestDevice(gpu: GPU | undefined, requiredFeatures: readonly st
 
 // ---------------------------------------------------------------------------------------------
 // Sliding-window rules (ARTIFACT.md, "Sliding-window models")
+//
+// The window is compiled into the kernels of the layers that have one (Gemma 2/3 alternate
+// sliding and global layers; Mistral slides on all). The KV cache keeps every token, so it is
+// created without TVM's evicting window (support_sliding_window = 0, never
+// enable_sliding_window), the context window bounds a sequence as for any model, and popN may
+// roll the cache back at any length. What remains is the prefill chunk rule below.
 
 /**
  * Length of the next prefill chunk for a sequence that already holds `seqLen` tokens.
  *
- * TVM's paged prefill applies one sliding window to a whole chunk, not one per query, so a chunk
- * that crosses the window edge would let its early queries see too few keys. While the sequence
- * is shorter than the window W, a chunk may only fill it up to W; past the edge, tokens go in one
- * at a time (only long prompts on sliding-window models ever get there). Without a window
- * (`slidingWindowSize` <= 0) the chunk is simply `prefillChunkSize`.
+ * TVM 0.27's windowed prefill kernels are exact only while no key of the chunk's queries has
+ * left the window (its within-chunk kernel ignores the window). So while the sequence is shorter
+ * than the window W, a chunk may only fill it up to W; past the edge, tokens go in one at a time
+ * through the decode-shaped path, which is exact (only long prompts on sliding-window models ever
+ * get there). Without a window (`slidingWindowSize` <= 0) the chunk is simply `prefillChunkSize`.
  */
 export function prefillChunkLength(seqLen: number, prefillChunkSize: number, slidingWindowSize: number): number {
   if (slidingWindowSize <= 0) return prefillChunkSize;
@@ -262,20 +268,17 @@ export function prefillChunkLength(seqLen: number, prefillChunkSize: number, sli
 }
 
 /**
- * The window TVM is told to keep for a sequence: W - 1 cached keys, attended to together with the
- * new token, which is Hugging Face's `sliding_window` W counting the new token in.
+ * `create_tir_paged_kv_cache`'s arguments, in order (ARTIFACT.md): one sequence per engine, room
+ * for the whole context window, and TVM's evicting sliding window off, for every model.
  */
-export function kvSlidingWindowSize(slidingWindowSize: number): number {
-  return slidingWindowSize - 1;
-}
-
-/**
- * Whether the KV cache may be rolled back by `kv_state_popn` when it holds `cachedLength` tokens.
- * Once a sliding-window sequence has more than W - 1 tokens, TVM has dropped the oldest keys, and
- * popping would leave a window with keys missing at its start: the caller must start over.
- */
-export function canPopKV(cachedLength: number, slidingWindowSize: number): boolean {
-  return slidingWindowSize <= 0 || cachedLength <= kvSlidingWindowSize(slidingWindowSize);
+export function kvCacheArgs(config: Pick<ChatConfig, "context_window_size" | "prefill_chunk_size">): number[] {
+  return [
+    1, // max_batch_size: one conversation per engine
+    config.context_window_size, // max_total_seq_len: the cache keeps every token
+    config.prefill_chunk_size,
+    KV_PAGE_SIZE,
+    0, // support_sliding_window: windows live in the kernels
+  ];
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -305,7 +308,6 @@ function int64(v: number): unknown {
 export class TVMBackend implements ForwardBackend {
   readonly vocabSize: number;
   private readonly tvm: Instance;
-  private readonly config: ChatConfig;
   private readonly params: TVMObject;
   private readonly paramTensors: Tensor[];
   private readonly vm: VirtualMachine;
@@ -317,14 +319,12 @@ export class TVMBackend implements ForwardBackend {
   private readonly fClear: PackedFunc;
   private readonly fAddSeq: PackedFunc;
   private readonly fPopN: PackedFunc | undefined;
-  private readonly fEnableSlidingWindow: PackedFunc | undefined;
   private readonly kv: TVMObject;
   private logitsCPU: Tensor | undefined;
   private disposed = false;
 
   private constructor(tvm: Instance, config: ChatConfig, paramTensors: Tensor[]) {
     this.tvm = tvm;
-    this.config = config;
     this.vocabSize = config.model_config.vocab_size;
     this.paramTensors = paramTensors;
     const detach = <T extends { dispose(): void }>(x: T): T => tvm.detachFromCurrentScope(x);
@@ -341,19 +341,8 @@ export class TVMBackend implements ForwardBackend {
       this.fAddSeq = detach(tvm.getGlobalFunc(KV_BUILTINS.add_sequence));
       // PopN lets a new turn reuse the shared prefix of the KV cache; optional.
       this.fPopN = TVMBackend.optionalGlobal(tvm, KV_BUILTINS.popn);
-      this.fEnableSlidingWindow =
-        config.sliding_window_size > 0 ? TVMBackend.optionalGlobal(tvm, KV_BUILTINS.enable_sliding_window) : undefined;
       const fCreateKV = this.vm.getFunction(VM_FUNCTIONS.createKVCache);
-      const shape = (v: number) => tvm.makeShapeTuple([v]);
-      this.kv = detach(
-        fCreateKV(
-          shape(1), // max_batch_size: one conversation per engine
-          shape(config.context_window_size), // max_total_seq_len
-          shape(config.prefill_chunk_size),
-          shape(KV_PAGE_SIZE),
-          shape(config.sliding_window_size > 0 ? 1 : 0),
-        ) as TVMObject,
-      );
+      this.kv = detach(fCreateKV(...kvCacheArgs(config).map((v) => tvm.makeShapeTuple([v]))) as TVMObject);
       this.addSequence();
     } finally {
       tvm.endScope();
@@ -370,10 +359,6 @@ export class TVMBackend implements ForwardBackend {
 
   private addSequence(): void {
     this.fAddSeq(this.kv, int64(0));
-    if (this.fEnableSlidingWindow) {
-      // (kv, seq_id, window, attention_sink_size): see kvSlidingWindowSize for the W - 1.
-      this.fEnableSlidingWindow(this.kv, int64(0), int64(kvSlidingWindowSize(this.config.sliding_window_size)), int64(0));
-    }
   }
 
   /**
@@ -512,7 +497,7 @@ export class TVMBackend implements ForwardBackend {
     this.disposed = true;
     const objs: Array<{ dispose(): void } | undefined> = [
       this.logitsCPU, this.kv, this.params, ...this.paramTensors, this.fEmbed, this.fPrefill, this.fDecode,
-      this.fBegin, this.fEnd, this.fClear, this.fAddSeq, this.fPopN, this.fEnableSlidingWindow, this.vm,
+      this.fBegin, this.fEnd, this.fClear, this.fAddSeq, this.fPopN, this.vm,
     ];
     for (const o of objs) {
       try {
@@ -944,12 +929,13 @@ export class Engine implements EngineInterface {
       // Reuse the KV cache for the prefix this prompt shares with what is already cached
       // (multi-turn chat resends the whole history). At least one token is always prefilled,
       // since its logits are needed. A null kvTokens means a forward failed midway: the cache
-      // content is unknown, so start over.
+      // content is unknown, so start over. Sliding-window models roll back like any other: their
+      // cache keeps every token.
       const cached = this.kvTokens ?? [];
       let keep = this.kvTokens ? commonPrefixLength(cached, req.promptIds) : 0;
       if (keep === req.promptIds.length) keep -= 1;
       if (this.kvTokens === null || keep < cached.length) {
-        if (keep === 0 || !canPopKV(cached.length, window) || !backend.popN(cached.length - keep)) {
+        if (keep === 0 || !backend.popN(cached.length - keep)) {
           backend.reset();
           keep = 0;
         }

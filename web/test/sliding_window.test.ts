@@ -1,10 +1,14 @@
 // The sliding-window rules of ARTIFACT.md ("Sliding-window models"), as the engine applies them:
-// prefill chunks never cross the window edge, TVM is told W - 1, and the KV cache is only rolled
-// back (popN) while no key has left the window.
+// the window lives in the kernels, so the KV cache keeps every token (created without TVM's
+// evicting window, no enable_sliding_window), popN rolls it back at any length, the context window
+// bounds a sequence as for any model; and prefill chunks never cross the window edge.
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { canPopKV, kvSlidingWindowSize, prefillChunkLength } from "../src/engine.js";
-import { fakeEngine, ids } from "./helpers.js";
+import { KV_BUILTINS, KV_PAGE_SIZE } from "../src/artifact.js";
+import { ContextWindowExceededError } from "../src/errors.js";
+import { kvCacheArgs, prefillChunkLength } from "../src/engine.js";
+import * as engineModule from "../src/engine.js";
+import { chatConfig, fakeEngine, ids } from "./helpers.js";
 
 const USER = [{ role: "user" as const, content: "hello world" }];
 const PROMPT1 = [1, ...ids("user:hello world\nassistant:")]; // 9 tokens
@@ -50,12 +54,15 @@ test("prefilling any prompt: chunks add up to it and none crosses the window edg
   }
 });
 
-test("TVM keeps W - 1 keys; popN only while nothing has left the window", () => {
-  assert.equal(kvSlidingWindowSize(32), 31);
-  assert.equal(kvSlidingWindowSize(4096), 4095);
-  assert.ok(canPopKV(10_000, -1));
-  assert.ok(canPopKV(31, 32));
-  assert.ok(!canPopKV(32, 32));
+test("the KV cache is created the same with or without a window: whole context, no evicting window", () => {
+  for (const w of [-1, 5, 16, 4096]) {
+    const config = chatConfig({ sliding_window_size: w, context_window_size: 256, prefill_chunk_size: 32 });
+    // create_tir_paged_kv_cache(max_batch_size, max_total_seq_len, prefill_chunk_size, page_size, support_sliding_window)
+    assert.deepEqual(kvCacheArgs(config), [1, 256, 32, KV_PAGE_SIZE, 0], `W=${w}`);
+  }
+  // TVM's per-sequence evicting window is gone from the contract and from the engine.
+  assert.ok(!("enable_sliding_window" in KV_BUILTINS));
+  assert.ok(!("kvSlidingWindowSize" in engineModule) && !("canPopKV" in engineModule));
 });
 
 test("the engine prefills a sliding-window model in window-respecting chunks", async () => {
@@ -90,24 +97,44 @@ test("a follow-up turn past the window continues one token at a time", async () 
   assert.ok(prefills.length > 1 && prefills.every((c) => c.tokens!.length === 1));
 });
 
-test("a diverging turn resets instead of popping once keys have left the window", async () => {
-  // 9 prompt + 6 reply tokens cached: more than W - 1 = 4, so TVM has evicted keys.
+test("a diverging turn pops back even when the cache holds more than the window", async () => {
+  // 9 prompt + 6 reply tokens cached, W = 5: the cache keeps every token, so popN is exact.
   const { engine, backend } = fakeEngine(REPLY, { sliding_window_size: 5, prefill_chunk_size: 3 });
+  await engine.chat.completions.create({ messages: USER });
+  const cachedBefore = backend.seq.length;
+  assert.equal(cachedBefore, 9 + 6); // the prompt and every reply token fed back (EOS is not)
+  backend.calls.length = 0;
+  // "user:hello world\nassistant:" shares "user:" (3 tokens with BOS) with "user:a b\nassistant:".
+  await engine.chat.completions.create({ messages: [{ role: "user", content: "a b" }] });
+  assert.deepEqual(backend.calls[0], { op: "popN", n: cachedBefore - 3 });
+  assert.ok(!backend.calls.some((c) => c.op === "reset"));
+  const prompt = [1, ...ids("user:a b\nassistant:")];
+  const prefills = backend.calls.filter((c) => c.op === "prefill");
+  assert.deepEqual(prefills.flatMap((c) => c.tokens!), prompt.slice(3));
+  // From seq_len 3 the chunk rule gives 2 (to the edge at 5), then one at a time.
+  assert.deepEqual(prefills.map((c) => c.tokens!.length), [2, 1, 1, 1, 1]);
+  assert.deepEqual(backend.seq.slice(0, prompt.length), prompt);
+});
+
+test("with nothing in common the cache is cleared and refilled, as for any model", async () => {
+  const { engine, backend } = fakeEngine(REPLY, { sliding_window_size: 5, prefill_chunk_size: 3, chat_template: "{% for m in messages %}{{ m.content }}{% endfor %}", add_bos_token: false });
   await engine.chat.completions.create({ messages: USER });
   backend.calls.length = 0;
   await engine.chat.completions.create({ messages: [{ role: "user", content: "a b" }] });
   assert.equal(backend.calls[0]!.op, "reset");
-  assert.ok(!backend.calls.some((c) => c.op === "popN"));
-  const prompt = [1, ...ids("user:a b\nassistant:")];
-  const prefills = backend.calls.filter((c) => c.op === "prefill");
-  assert.deepEqual(prefills.flatMap((c) => c.tokens!), prompt);
-  assert.equal(prompt.length, 9);
-  assert.deepEqual(prefills.map((c) => c.tokens!.length), [3, 2, 1, 1, 1, 1]); // the chunk rule from seq_len 0
+  assert.deepEqual(backend.calls.filter((c) => c.op === "prefill").flatMap((c) => c.tokens!), ids("a b"));
+});
 
-  // With a window the 15 cached tokens still fit in, popN is used as for any model.
-  const wide = fakeEngine(REPLY, { sliding_window_size: 64, prefill_chunk_size: 8 });
-  await wide.engine.chat.completions.create({ messages: USER });
-  wide.backend.calls.length = 0;
-  await wide.engine.chat.completions.create({ messages: [{ role: "user", content: "a b" }] });
-  assert.equal(wide.backend.calls[0]!.op, "popN");
+test("the context window bounds a sliding-window model like any other", async () => {
+  // A prompt longer than the context window fails before any GPU work, even though W < ctx.
+  const small = fakeEngine(REPLY, { sliding_window_size: 4, context_window_size: 8, prefill_chunk_size: 3 });
+  await assert.rejects(small.engine.chat.completions.create({ messages: USER }), ContextWindowExceededError);
+  assert.equal(small.backend.calls.length, 0);
+
+  // Generation stops at the context window: 9 prompt tokens + 3 generated = 12, never more in the cache.
+  const { engine, backend } = fakeEngine(REPLY, { sliding_window_size: 4, context_window_size: 12, prefill_chunk_size: 3 });
+  const r = await engine.chat.completions.create({ messages: USER, max_tokens: 100 });
+  assert.equal(r.choices[0]!.finish_reason, "length");
+  assert.equal(r.usage!.completion_tokens, 3);
+  assert.ok(backend.seq.length <= 12);
 });
