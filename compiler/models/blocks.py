@@ -185,7 +185,8 @@ class Attention(nn.Module):
         self.num_kv_heads = cfg.num_key_value_heads
         self.head_dim = cfg.head_dim
         self.sm_scale = cfg.attention_scale
-        self.rope = cfg.rope_for_layer(layer_id)
+        # None: TVM's KV cache rotates q/k itself (fused with its split; see rope_in_cache).
+        self.rope = None if cfg.rope_in_cache else cfg.rope_for_layer(layer_id)
         total = (self.num_q_heads + 2 * self.num_kv_heads) * self.head_dim
         self.qkv_proj = nn.Linear(cfg.hidden_size, total, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(self.num_q_heads * self.head_dim, cfg.hidden_size, bias=cfg.o_bias)
@@ -200,11 +201,13 @@ class Attention(nn.Module):
         b, s, _ = hidden.shape
         hq, hkv = self.num_q_heads, self.num_kv_heads
         qkv = op.reshape(self.qkv_proj(hidden), (b, s, hq + 2 * hkv, self.head_dim))
-        q, k, v = op.split(qkv, [hq, hq + hkv], axis=2)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, positions, self.rope), apply_rope(k, positions, self.rope)
-        qkv = op.concat([q, k, v], dim=2)
+        if self.q_norm is not None or self.rope is not None:
+            q, k, v = op.split(qkv, [hq, hq + hkv], axis=2)
+            if self.q_norm is not None:
+                q, k = self.q_norm(q), self.k_norm(k)
+            if self.rope is not None:
+                q, k = apply_rope(q, positions, self.rope), apply_rope(k, positions, self.rope)
+            qkv = op.concat([q, k, v], dim=2)
         out = kv_cache.attention_with_fused_qkv(self.layer_id, qkv, hq, sm_scale=self.sm_scale)
         return self.o_proj(op.reshape(out, (b, s, hq * self.head_dim)))
 

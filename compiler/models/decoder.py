@@ -104,6 +104,16 @@ class DecoderConfig:
         return self.max_position_embeddings
 
     @property
+    def rope_in_cache(self) -> bool:
+        """Whether TVM's KV cache can apply the rope (fused into its q/k/v split, one kernel per
+        layer instead of four): one base for every layer, half-split pairs, and a scaling TVM
+        computes as transformers does (none, llama3). Everything else is applied in the model
+        (blocks.apply_rope), which covers every case."""
+        kind = (self.rope_scaling or {}).get("rope_type", "default")
+        one_base = self.local_rope_theta is None or not self.sliding_layers
+        return one_base and not self.rope_interleaved and kind in ("default", "llama3")
+
+    @property
     def attention_scale(self) -> float:
         return float(self.query_scale) if self.query_scale else self.head_dim**-0.5
 
@@ -160,10 +170,11 @@ class DecoderModel(nn.Module):
         self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size) if len(parts) == 1 else VocabEmbedding(parts, cfg.hidden_size)
         self.layers = nn.ModuleList([DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers)])
         self.norm = make_norm(cfg.norm, cfg.hidden_size, cfg.norm_eps)
+        self.rope_in_cache = cfg.rope_in_cache
 
-    def _positions(self, hidden: Tensor, kv_cache: PagedKVCache) -> Tensor:
+    def _positions(self, hidden: Tensor, kv_cache: PagedKVCache) -> Tensor | None:
         b, s, _ = hidden.shape
-        return kv_cache.get_query_positions(b * s)
+        return None if self.rope_in_cache else kv_cache.get_query_positions(b * s)
 
     def forward(self, hidden: Tensor, kv_cache: PagedKVCache) -> Tensor:
         positions = self._positions(hidden, kv_cache)
@@ -291,11 +302,12 @@ class DecoderForCausalLM(nn.Module):
             v_head_dim=cfg.head_dim,
             mla_original_qk_head_dim=0,
             mla_original_v_head_dim=0,
-            # Rope is applied by the model (blocks.apply_rope), so the cache stores rotated keys.
-            rope_mode=RopeMode.NONE,
+            # Either the cache rotates q/k (NORMAL: before storing k) or the model already did
+            # (blocks.apply_rope); the cache stores rotated keys either way.
+            rope_mode=RopeMode.NORMAL if cfg.rope_in_cache else RopeMode.NONE,
             rope_scale=1.0,
             rope_theta=cfg.rope_theta,
-            rope_scaling={},
+            rope_scaling=(cfg.rope_scaling or {}) if cfg.rope_in_cache else {},
             rope_ext_factors=relax.prim_value(0),
             rotary_dim=cfg.rotary_dim,
             enable_disaggregation=False,
