@@ -103,11 +103,11 @@ def make_family_model(root: Path, family: str) -> Path:
 # -- a GGUF writer that does what llama.cpp's convert_hf_to_gguf.py does --------------------------
 
 
-def tok512_vocab() -> tuple[list[str], list[float], list[int]]:
-    """The stories260K SentencePiece vocabulary with llama.cpp's token types (test_loaders')."""
-    from test_loaders import _tok512_vocab
+def add_tok512_tokenizer(w) -> None:
+    """The stories260K SentencePiece tokenizer, as test_loaders writes it."""
+    from test_loaders import add_tok512_tokenizer as add
 
-    return _tok512_vocab()
+    add(w)
 
 
 def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -238,14 +238,7 @@ def write_llamacpp_gguf(path: Path, hf_dir: Path, family: str, *, qtype=lambda n
     w.add_name(f"tiny-{family}")
     extra = _set_params(w, family, hp)
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
-    tokens, scores, types = tok512_vocab()
-    w.add_tokenizer_model("llama")
-    w.add_token_list(tokens)
-    w.add_token_scores(scores)
-    w.add_token_types(types)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_unk_token_id(0)
+    add_tok512_tokenizer(w)
     for key, value in (kv or {}).items():
         add_kv = {str: w.add_string, int: w.add_uint32, float: w.add_float32, list: w.add_array}[type(value)]
         add_kv(key, value)

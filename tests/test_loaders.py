@@ -402,6 +402,18 @@ def _tok512_vocab():
     return tokens, scores, types
 
 
+def add_tok512_tokenizer(w) -> None:
+    """The stories260K SentencePiece tokenizer as llama.cpp's converter writes it (BOS 1, EOS 2)."""
+    tokens, scores, types = _tok512_vocab()
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+
+
 def write_stories_gguf(path: Path, hf: SourceModel, *, qtype=lambda name, w: Q.F32,
                        untied: bool = False, arch: str = "llama", kv: dict | None = None,
                        tensors: dict[str, np.ndarray] | None = None) -> None:
@@ -419,14 +431,7 @@ def write_stories_gguf(path: Path, hf: SourceModel, *, qtype=lambda name, w: Q.F
     w.add_vocab_size(c["vocab_size"])
     for key, value in (kv or {}).items():
         getattr(w, key)(value)
-    tokens, scores, types = _tok512_vocab()
-    w.add_tokenizer_model("llama")
-    w.add_token_list(tokens)
-    w.add_token_scores(scores)
-    w.add_token_types(types)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_unk_token_id(0)
+    add_tok512_tokenizer(w)
     all_tensors = {n: hf.get_tensor(n) for n in hf.tensor_names}
     if untied:
         all_tensors["lm_head.weight"] = all_tensors["model.embed_tokens.weight"] * 0.5
