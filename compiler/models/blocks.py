@@ -2,9 +2,10 @@
 vocabulary-sized embedding / LM head that may be split into parts.
 
 Each block takes its options from `DecoderConfig` (decoder.py); an architecture file only sets
-options, it never writes a network of its own. Rotary embedding is applied here, in the model,
-not inside TVM's KV cache: that is what lets one cache serve layers with different rope bases
-(Gemma 3), longrope factors (Phi-3) and partial rotary alike, with one implementation to test.
+options, it never writes a network of its own. Rotary embedding is applied by TVM's KV cache
+(fused with its q/k/v split) where it computes what transformers does (one base; no scaling or
+llama3), and here, in the model, for everything else: layers with different rope bases (Gemma 3),
+longrope factors (Phi-3), linear and yarn scaling (see DecoderConfig.rope_in_cache).
 """
 
 from __future__ import annotations
