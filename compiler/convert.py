@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from tqdm import tqdm
 from . import artifact
 from .loaders import SourceModel
 from .models import Architecture, get_architecture
-from .quantization import QuantScheme, convert_param, quantize_model, unquantized_reason
+from .quantization import QuantScheme, convert_param, quantize_model, unquantized_kind, unquantized_reason
 
 
 class WeightError(ValueError):
@@ -122,14 +123,11 @@ def convert_weight(
     writer.flush()
     bar.close()
     # Nothing is left in float silently: every such tensor is listed, with the reason.
-    unquantized = [{"name": n, "reason": unquantized_reason(n, s, quantization)}
-                   for n, s, _ in stored if _stored_to_source(n, float_shapes) not in quantized]
+    left = [(n, s) for n, s, _ in stored if _stored_to_source(n, float_shapes) not in quantized]
+    unquantized = [{"name": n, "reason": unquantized_reason(n, s, quantization)} for n, s in left]
     if progress and quantization.weight is not None:
-        kinds: dict[str, int] = {}
-        for u in unquantized:
-            kind = u["reason"].split(" (")[0]
-            kinds[kind] = kinds.get(kind, 0) + 1
-        summary = ", ".join(f"{n} x {k}" for k, n in kinds.items())
+        kinds = Counter(unquantized_kind(n, s) for n, s in left)
+        summary = ", ".join(f"{count} x {kind}" for kind, count in kinds.items())
         print(f"[convert] {len(quantized)} matrices quantized; left in {quantization.model_dtype}: {summary} "
               f"(listed in {artifact.MANIFEST} under 'unquantized')", flush=True)
     manifest = {

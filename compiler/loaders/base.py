@@ -16,6 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from .. import models
+# Llama's q/k row order in GGUF and llama2.c (defined with the GGUF transforms, used by llama2c.py).
+from ..models.gguf_common import half_split_to_interleaved, interleaved_to_half_split
+
 __all__ = [
     "ModelSourceError",
     "SourceModel",
@@ -25,13 +29,6 @@ __all__ = [
     "interleaved_to_half_split",
     "half_split_to_interleaved",
 ]
-
-def _registry():
-    # Imported lazily: the registry pulls in TVM, which plain file inspection does not need.
-    from .. import models
-
-    return models
-
 
 class ModelSourceError(ValueError):
     """A model source that cannot be loaded. The message names the file / tensor and the fix."""
@@ -138,7 +135,6 @@ def normalize_hf_config(raw: dict[str, Any], where: str) -> dict[str, Any]:
     num_key_value_heads, head_dim, rope_theta and rope_scaling (None or a dict with
     "rope_type"). Unknown keys are kept: the architecture file reads what it needs.
     """
-    models = _registry()
     try:
         arch = models.get_architecture(raw.get("model_type"))
     except models.ArchitectureError as e:
@@ -181,7 +177,7 @@ def expected_tensor_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     `lm_head.weight` is listed only when embeddings are untied: a tied model reuses
     `model.embed_tokens.weight`.
     """
-    return _registry().get_architecture(cfg["model_type"]).hf_tensor_shapes(cfg)
+    return models.get_architecture(cfg["model_type"]).hf_tensor_shapes(cfg)
 
 
 # Buffers some old checkpoints saved that carry no information (recomputed from the config).
@@ -189,15 +185,17 @@ _IGNORABLE_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
 def check_tensor_set(
-    found: dict[str, tuple[int, ...]], cfg: dict[str, Any], where: str
+    found: dict[str, tuple[int, ...]], cfg: dict[str, Any], where: str,
+    expected: dict[str, tuple[int, ...]] | None = None,
 ) -> list[str]:
     """Check a checkpoint's tensors against the config; return the HF names to expose, in order.
 
     Raises ModelSourceError naming the first missing tensor, unexpected tensor, or shape mismatch.
     A tied model that nevertheless stores `lm_head.weight` (some exporters write both) has the
-    copy dropped, so `tensor_names` holds lm_head only when it is really separate.
+    copy dropped, so `tensor_names` holds lm_head only when it is really separate. `expected`
+    is expected_tensor_shapes(cfg), for a caller that already has it.
     """
-    expected = expected_tensor_shapes(cfg)
+    expected = expected if expected is not None else expected_tensor_shapes(cfg)
     missing = [n for n in expected if n not in found]
     if missing:
         hint = ""
@@ -232,19 +230,6 @@ def check_tensor_set(
                 f"the weights do not belong together."
             )
     return list(expected)
-
-
-def interleaved_to_half_split(w: np.ndarray, n_heads: int) -> np.ndarray:
-    """See models.gguf_common (Llama's q/k row order in GGUF); kept here for loader callers."""
-    from ..models.gguf_common import interleaved_to_half_split as f
-
-    return f(w, n_heads)
-
-
-def half_split_to_interleaved(w: np.ndarray, n_heads: int) -> np.ndarray:
-    from ..models.gguf_common import half_split_to_interleaved as f
-
-    return f(w, n_heads)
 
 
 def num_elements(shape: tuple[int, ...]) -> int:

@@ -105,7 +105,7 @@ def load_gguf(path: Path) -> SourceModel:
     by_name = f.tensors
     cfg, arch = _hf_config(f, where)
 
-    expected = models.get_architecture(cfg["model_type"]).hf_tensor_shapes(cfg)
+    expected = arch.hf_tensor_shapes(cfg)
     try:
         # A tied model's file may still carry output.weight (check_tensor_set drops it).
         names_in_file = gguf_tensor_names(arch.gguf_arch, list(expected), cfg["num_hidden_layers"], optional=["lm_head.weight"])
@@ -132,7 +132,7 @@ def load_gguf(path: Path) -> SourceModel:
             f"or not a llama.cpp conversion of a {cfg['model_type']} model ({cfg['num_hidden_layers']} layers)."
         )
     shapes = {hf: by_name[g].shape for hf, g in hf_to_gguf.items()}
-    names = check_tensor_set(shapes, cfg, where)
+    names = check_tensor_set(shapes, cfg, where, expected)
 
     def read(hf_name: str) -> np.ndarray:
         return arch.gguf_tensor(hf_name, f.dequantize(hf_to_gguf[hf_name]), cfg)

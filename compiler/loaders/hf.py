@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import models
 from .base import ModelSourceError, SourceModel, check_tensor_set, normalize_hf_config
 from .safetensors_io import SafetensorsFile
 
@@ -198,8 +199,6 @@ def _text_model_tensors(cfg: dict[str, Any], shapes: dict[str, Any], dtypes: dic
                         read: Callable[[str], np.ndarray]):
     """A wrapped checkpoint (Gemma 3's multimodal one) exposes only its text model's tensors,
     under the text model's names; the architecture says how they are spelled."""
-    from .. import models
-
     rename = models.get_architecture(cfg["model_type"]).hf_tensor_name
     if rename is None or any(n.startswith("model.layers.") for n in shapes):
         return shapes, dtypes, read

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import numpy as np
 from tvm import te, tirx
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import Tensor, op
@@ -345,8 +346,6 @@ class DecoderForCausalLM(nn.Module):
 
 
 def _dtype_const(value: float, dtype: str) -> Tensor:
-    import numpy as np
-
     return Tensor.from_const(np.asarray(value, dtype=dtype))
 
 

@@ -19,12 +19,13 @@ from .base import Architecture, decoder_weight_map
 from .decoder import DecoderConfig, common_from_hf, require_activation
 
 
-def config_from_hf(hf: dict[str, Any]) -> DecoderConfig:
+def config_from_hf(hf: dict[str, Any], sliding_window: int | None = None) -> DecoderConfig:
+    """Llama's config; `sliding_window` (a window on every layer) is Mistral's one addition."""
     require_activation(hf, ("silu",))
     bias = bool(hf.get("attention_bias"))
     return DecoderConfig(
         **common_from_hf(hf), qkv_bias=bias, o_bias=bias, mlp_bias=bool(hf.get("mlp_bias")),
-        sliding_window=hf.get("_sliding_window"),  # set by mistral.py only
+        sliding_window=sliding_window,
     ).finish()
 
 

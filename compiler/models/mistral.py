@@ -22,7 +22,7 @@ def config_from_hf(hf: dict[str, Any]) -> DecoderConfig:
     # A window as long as the context is no window at all; run it as plain attention.
     if sliding and int(sliding) >= int(hf.get("max_position_embeddings", 4096 * 32)):
         sliding = None
-    return llama.config_from_hf({**hf, "_sliding_window": int(sliding) if sliding else None})
+    return llama.config_from_hf(hf, sliding_window=int(sliding) if sliding else None)
 
 
 ARCH = Architecture(

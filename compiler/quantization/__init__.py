@@ -94,15 +94,19 @@ def quantize_model(model: nn.Module, scheme: QuantScheme) -> tuple[nn.Module, di
     return model, swapper.quantized
 
 
+def unquantized_kind(name: str, shape: tuple[int, ...]) -> str:
+    """What a stored parameter left in float is, for a quantized scheme."""
+    if name.endswith(".bias"):
+        return "a bias vector"
+    return "a norm weight" if len(shape) == 1 else "not a Linear or Embedding weight"
+
+
 def unquantized_reason(name: str, shape: tuple[int, ...], scheme: QuantScheme) -> str:
     """Why a stored parameter holds plain floats (convert_weight lists every one)."""
     if scheme.weight is None:
         return f"{scheme.name} keeps every weight in {scheme.model_dtype}"
-    if name.endswith(".bias"):
-        return f"a bias vector ({shape[0]} values), kept in {scheme.model_dtype}"
-    if len(shape) == 1:
-        return f"a norm weight ({shape[0]} values), kept in {scheme.model_dtype}"
-    return f"not a Linear or Embedding weight, kept in {scheme.model_dtype}"
+    size = f" ({shape[0]} values)" if len(shape) == 1 else ""
+    return f"{unquantized_kind(name, shape)}{size}, kept in {scheme.model_dtype}"
 
 
 def convert_param(name: str, weight: np.ndarray, scheme: QuantScheme, quantized: dict[str, int]) -> dict[str, np.ndarray]:
@@ -124,5 +128,6 @@ __all__ = [
     "dequantize_array",
     "get_scheme",
     "quantize_model",
+    "unquantized_kind",
     "unquantized_reason",
 ]
