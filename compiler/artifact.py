@@ -29,6 +29,8 @@ DEFAULT_SHARD_BYTES: int = FORMAT["default_shard_bytes"]
 KV_PAGE_SIZE: int = FORMAT["kv_page_size"]
 MAX_BINDING_BYTES: int = FORMAT["max_binding_bytes"]
 DTYPE_BYTES: dict[str, int] = FORMAT["dtype_bytes"]
+CHAT_CONFIG_OPTIONAL: dict[str, Any] = FORMAT["chat_config_optional"]
+MESSAGES: dict[str, str] = FORMAT["messages"]
 
 
 class ArtifactError(ValueError):
@@ -90,7 +92,18 @@ def read_chat_config(model_dir: Path) -> dict[str, Any]:
     path = Path(model_dir) / CHAT_CONFIG
     cfg = _read_json(path)
     _require(cfg, FORMAT["chat_config_required"], "chat config", path)
+    check_single_device(cfg, path)
     return cfg
+
+
+def check_single_device(cfg: dict[str, Any], path: Path) -> None:
+    """Refuse a config made for tensor parallelism: every AAE build is single-device, so such a
+    model cannot load as configured (web/src/artifact.ts gives the same message)."""
+    shards = cfg.get("tensor_parallel_shards", CHAT_CONFIG_OPTIONAL["tensor_parallel_shards"])
+    if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
+        raise ArtifactError(f"{path}: tensor_parallel_shards must be an integer >= 1, got {shards!r}")
+    if shards != 1:
+        raise ArtifactError(f"{path}: " + MESSAGES["tensor_parallel_shards"].format(shards=shards))
 
 
 def read_manifest(model_dir: Path) -> dict[str, Any]:

@@ -67,6 +67,7 @@ def encode_prompt(model_dir: Path, config: dict[str, Any], prompt: str) -> list[
 def reference_hf_dir(config: dict[str, Any]) -> Path:
     """A transformers-loadable folder with the source weights (cached; GGUF is dequantized once)."""
     from .loaders import export_hf_dir, load_source
+    from .loaders.export import needs_reference_export, reference_source
 
     source = config.get("source")
     if not source or not Path(source).exists():
@@ -74,15 +75,16 @@ def reference_hf_dir(config: dict[str, Any]) -> Path:
             f"{config['model_id']}: its source ({source!r}) is not available; check needs the original weights"
         )
     src_path = Path(source)
-    if (src_path / "config.json").is_file() and any(src_path.glob("*.safetensors")):
-        return src_path  # already a HF folder
+    if (src_path / "config.json").is_file() and any(src_path.glob("*.safetensors")) \
+            and not needs_reference_export(json.loads((src_path / "config.json").read_text())):
+        return src_path  # already a folder transformers reads
     import hashlib
 
     key = hashlib.sha256(f"{src_path}:{src_path.stat().st_size}:{int(src_path.stat().st_mtime)}".encode()).hexdigest()[:12]
     out = cache_home() / "reference" / f"{src_path.stem}-{key}"
     if not (out / "config.json").is_file():
         tmp = Path(tempfile.mkdtemp(prefix=".ref.", dir=out.parent if out.parent.exists() else None))
-        export_hf_dir(load_source(src_path), tmp)
+        export_hf_dir(reference_source(load_source(src_path)), tmp)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp.rename(out)
     return out

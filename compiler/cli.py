@@ -49,20 +49,60 @@ def cmd_gen_config(a: argparse.Namespace) -> int:
     from .quantization import get_scheme
 
     src = Path(a.source)
+    if a.conv_template is not None:
+        from .conv_templates import get
+
+        get(a.conv_template)  # an unknown name fails before the (slow) source load
     cfg = gen_config(load_source(src), get_scheme(a.quantization), Path(a.output),
                      model_id=a.model_id or default_model_id(src, a.quantization),
-                     context_window_size=a.context_window_size, prefill_chunk_size=a.prefill_chunk_size)
+                     context_window_size=a.context_window_size, prefill_chunk_size=a.prefill_chunk_size,
+                     conv_template=a.conv_template, tensor_parallel_shards=a.tensor_parallel_shards)
     print(f"wrote {Path(a.output) / 'aae-chat-config.json'} for {cfg['model_id']}")
+    if a.tensor_parallel_shards > 1:
+        print(f"note: tensor_parallel_shards={a.tensor_parallel_shards} is recorded, but AAE libraries run on one device; "
+              "the engines will refuse to load this model", file=sys.stderr)
     return 0
 
 
+class _ListConvTemplates(argparse.Action):
+    """`--list-conv-templates`: print the names and exit, like --help, so that the otherwise
+    required SOURCE, --quantization and -o are not asked for."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        from .conv_templates import names
+
+        print("\n".join(names()))
+        parser.exit(0)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
 def cmd_compile(a: argparse.Namespace) -> int:
-    from .artifact import model_lib_name, read_chat_config
+    from .artifact import atomic_write_bytes, model_lib_name, read_chat_config
     from .compile import compile_model
+    from .pipeline import ensure_library
 
     model_dir = Path(a.model_dir)
     out = Path(a.output) if a.output else model_dir / model_lib_name(read_chat_config(model_dir)["model_id"], a.device)
-    compile_model(model_dir, a.device, out, debug_functions=a.debug_functions)
+    if a.output:
+        compile_model(model_dir, a.device, out, debug_functions=a.debug_functions)
+        return 0
+    # Into the library cache first, so that `chat` / `serve` / `bench` on this folder find it
+    # instead of compiling again; then a copy beside the weights for runtimes that take a file.
+    cached = ensure_library(model_dir, a.device, debug_functions=a.debug_functions)
+    atomic_write_bytes(out, cached.read_bytes())
+    print(f"wrote {out}")
     return 0
 
 
@@ -100,6 +140,13 @@ def cmd_bench(a: argparse.Namespace) -> int:
     result = run_bench(a.model, quantization=a.quantization, device=a.device, prompt=a.prompt,
                        max_tokens=a.max_tokens, compare_transformers=not a.no_transformers)
     print(json.dumps(result) if a.json else format_bench(result))
+    return 0
+
+
+def cmd_tokenizer_server(a: argparse.Namespace) -> int:
+    from .serve.tokenizer_server import run
+
+    run(a.model, host=a.host, port=a.port, quantization=a.quantization)
     return 0
 
 
@@ -178,6 +225,11 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--model-id", default=None)
     p.add_argument("--context-window-size", type=int, default=None)
     p.add_argument("--prefill-chunk-size", type=int, default=None)
+    p.add_argument("--conv-template", default=None, metavar="NAME",
+                   help="use this named chat template instead of the model's own (see --list-conv-templates)")
+    p.add_argument("--list-conv-templates", action=_ListConvTemplates, help="print the named chat templates and exit")
+    p.add_argument("--tensor-parallel-shards", type=_positive_int, default=1, metavar="N",
+                   help="recorded as in MLC-LLM; AAE libraries run on one device, so only 1 loads")
     p.set_defaults(func=cmd_gen_config)
 
     p = sub.add_parser("compile", help="compile a model folder for a device with TVM")
@@ -215,6 +267,11 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
             p.add_argument("--no-transformers", action="store_true", help="skip the transformers comparison")
             p.add_argument("--json", action="store_true")
         p.set_defaults(func=func)
+    p = sub.add_parser("tokenizer-server", help="tokenizer HTTP server (encode/decode/chat template) for device runtimes")
+    _add_model_args(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=12345)
+    p.set_defaults(func=cmd_tokenizer_server)
     _web_parsers(sub, "web-")
     return parser
 

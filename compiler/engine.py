@@ -203,8 +203,9 @@ class TextTokenizer:
                 ids = [self.bos_token_id, *ids]
         return ids
 
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+    def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
+        # Generated text skips special tokens; the tokenizer server can show them.
+        return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
     def token_bytes(self, token_id: int) -> bytes:
         """The exact bytes one token stands for (a partial UTF-8 character is possible)."""

@@ -8,7 +8,7 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
-from . import artifact
+from . import artifact, conv_templates
 from .loaders import SourceModel
 from .models import get_architecture
 from .quantization import QuantScheme
@@ -42,8 +42,19 @@ def gen_config(
     context_window_size: int | None = None,
     prefill_chunk_size: int | None = None,
     max_batch_size: int = DEFAULT_MAX_BATCH,
+    conv_template: str | None = None,
+    tensor_parallel_shards: int = 1,
 ) -> dict[str, Any]:
+    """Write aae-chat-config.json + tokenizer files into out_dir and return the config.
+
+    conv_template names a template of conv_templates.json that replaces the model's own chat
+    template; None keeps the model's. tensor_parallel_shards is recorded as MLC-LLM does; AAE
+    libraries run on one device, so runtimes refuse a model configured for more.
+    """
     out_dir = Path(out_dir)
+    named = conv_templates.get(conv_template) if conv_template is not None else None  # fail before any work
+    if isinstance(tensor_parallel_shards, bool) or not isinstance(tensor_parallel_shards, int) or tensor_parallel_shards < 1:
+        raise ValueError(f"tensor_parallel_shards must be an integer >= 1, got {tensor_parallel_shards!r}")
     hf = source.hf_config
     model_type = hf.get("model_type")
     arch = get_architecture(model_type)
@@ -86,6 +97,14 @@ def gen_config(
             if extra not in eos:
                 eos.append(extra)
 
+    if named is not None:
+        # A named template's turn-end tokens must stop generation even where the model's own
+        # EOS is another token (e.g. ChatML on a model whose eos_token is <|endoftext|>).
+        for text in named.stop_tokens:
+            tid = tok.token_to_id(text)
+            if tid is not None and tid not in eos:
+                eos.append(tid)
+
     config = {
         "format_version": artifact.FORMAT_VERSION,
         "model_id": model_id,
@@ -97,7 +116,9 @@ def gen_config(
         "sliding_window_size": int(cfg.sliding_window) if cfg.sliding_window else -1,
         "max_batch_size": max_batch_size,
         "tokenizer_files": ["tokenizer.json", "tokenizer_config.json"],
-        "chat_template": tok_cfg.get("chat_template"),
+        "chat_template": named.template if named is not None else tok_cfg.get("chat_template"),
+        "conv_template": conv_template,
+        "tensor_parallel_shards": tensor_parallel_shards,
         "bos_token_id": bos,
         "add_bos_token": add_bos,
         "eos_token_ids": eos,

@@ -137,6 +137,7 @@ def build_model_folder(
     prefill_chunk_size: int | None = None,
     shard_bytes: int = artifact.DEFAULT_SHARD_BYTES,
     progress: bool = True,
+    conv_template: str | None = None,
 ) -> dict[str, Any]:
     """gen_config + convert_weight into out_dir (atomically: a temp folder renamed at the end)."""
     from .convert import convert_weight
@@ -154,6 +155,7 @@ def build_model_folder(
         config = gen_config(
             source, scheme, tmp, model_id=model_id,
             context_window_size=context_window_size, prefill_chunk_size=prefill_chunk_size,
+            conv_template=conv_template,
         )
         if out_dir.exists():
             shutil.rmtree(out_dir)

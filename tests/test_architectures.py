@@ -89,6 +89,34 @@ def test_unsupported_option_is_named_and_nothing_written(tiny_models_root: Path,
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def test_remote_code_configs_read_their_options(tiny_models_root: Path) -> None:
+    """ChatGLM's own keys and MiniCPM's scalings, as stored in the built model's config (their
+    numerics against transformers are the family tests above)."""
+    def built(name: str) -> dict:
+        return artifact.read_chat_config(ensure_model_folder(str(tiny(tiny_models_root, name)), "q0f32", "cpu", progress=False))
+
+    glm = built("chatglm")
+    m = glm["model_config"]
+    assert m["rope_interleaved"] and m["rotary_dim"] == 8 and m["rope_theta"] == 15000.0 and m["qkv_bias"]
+    assert (m["num_key_value_heads"], m["num_hidden_layers"], m["vocab_size"]) == (2, 2, 521)
+    assert glm["add_bos_token"] is False and glm["chat_template"].startswith("[gMASK]sop")
+    cpm = built("minicpm")["model_config"]
+    assert cpm["embed_scale"] == 4.0 and cpm["logit_divisor"] == 64 / 16
+    assert abs(cpm["residual_scale"] - 1.4 / 2**0.5) < 1e-12
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"rmsnorm": False}, "rmsnorm=False .LayerNorm"),
+    ({"add_bias_linear": True}, "add_bias_linear=True"),
+    ({"pre_seq_len": 8}, "p-tuning"),
+])
+def test_chatglm_variants_are_refused_by_name(tiny_models_root: Path, tmp_path: Path, change: dict, message: str) -> None:
+    bad = _with_config(tiny(tiny_models_root, "chatglm"), tmp_path / "bad", **change)
+    with pytest.raises(ValueError, match=message):
+        build_model_folder(bad, "q0f32", tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_longrope_context_past_short_factors_is_refused(tiny_models_root: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="original_max_position_embeddings.*128"):
         build_model_folder(tiny(tiny_models_root, "phi3"), "q0f32", tmp_path / "out", context_window_size=200, progress=False)

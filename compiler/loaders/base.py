@@ -181,7 +181,8 @@ def expected_tensor_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
 
 
 # Buffers some old checkpoints saved that carry no information (recomputed from the config).
-_IGNORABLE_SUFFIXES = ("rotary_emb.inv_freq",)
+# Rope tables some checkpoints save (Llama's older exports, ChatGLM's rotary_pos_emb): recomputed.
+_IGNORABLE_SUFFIXES = ("rotary_emb.inv_freq", "rotary_pos_emb.inv_freq")
 
 
 def check_tensor_set(

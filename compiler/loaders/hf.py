@@ -12,6 +12,8 @@ import numpy as np
 from .. import models
 from .base import ModelSourceError, SourceModel, check_tensor_set, normalize_hf_config
 from .safetensors_io import SafetensorsFile
+from .sentencepiece_model import read_sentencepiece_model
+from .tokenizer_build import build_tokenizer_files
 
 # Files passed through verbatim in `tokenizer_files` when present. generation_config.json rides
 # along because it holds what a chat runtime needs next to the tokenizer: extra stop ids and the
@@ -51,8 +53,8 @@ def _normalize_names(names: list[str]) -> dict[str, str]:
     A base `LlamaModel` checkpoint (no LM head wrapper) names its tensors without the "model."
     prefix; give them the prefix so both spellings load the same.
     """
-    if any(n.startswith("model.") for n in names):
-        return {n: n for n in names}
+    if any(n.startswith("model.") for n in names) or not any(n.startswith("layers.") for n in names):
+        return {n: n for n in names}  # a CausalLM, or a layout of its own (ChatGLM's transformer.*)
     return {n: (n if n == "lm_head.weight" else "model." + n) for n in names}
 
 
@@ -160,12 +162,30 @@ def _load_bin(folder: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str],
     return shapes, dtypes, read
 
 
-def _tokenizer_files(folder: Path) -> dict[str, bytes]:
+def _sentencepiece_tokenizer(folder: Path, cfg: dict[str, Any], files: dict[str, bytes]) -> dict[str, bytes]:
+    """tokenizer.json (+ a tokenizer_config.json for it) rebuilt from a SentencePiece
+    tokenizer.model, for checkpoints whose tokenizer is remote code over SentencePiece (ChatGLM3).
+    The folder's own tokenizer_config.json keeps what it says beyond the tokenizer class (its chat
+    template above all)."""
+    arch = models.get_architecture(cfg["model_type"])
+    spec = read_sentencepiece_model(folder / "tokenizer.model", extra_specials=arch.tokenizer_extra_specials,
+                                    add_bos=arch.tokenizer_add_bos)
+    built = build_tokenizer_files(spec)
+    own = json.loads(files.get("tokenizer_config.json", b"{}"))
+    ours = json.loads(built["tokenizer_config.json"])
+    kept = {k: v for k, v in own.items() if k not in ("tokenizer_class", "auto_map", "added_tokens_decoder") and k not in ours}
+    built["tokenizer_config.json"] = json.dumps({**ours, **kept}, indent=2, ensure_ascii=False).encode()
+    return built
+
+
+def _tokenizer_files(folder: Path, cfg: dict[str, Any]) -> dict[str, bytes]:
     files: dict[str, bytes] = {}
     for name in _TOKENIZER_FILES:
         p = folder / name
         if p.is_file():
             files[name] = p.read_bytes()
+    if "tokenizer.json" not in files and (folder / "tokenizer.model").is_file():
+        files.update(_sentencepiece_tokenizer(folder, cfg, files))
     # transformers >= 4.47 may save the chat template beside the config as chat_template.jinja
     # (transformers 5 always does); fold it into tokenizer_config.json, where our runtimes and
     # older transformers look for it.
@@ -247,7 +267,7 @@ def load_hf_folder(folder: Path) -> SourceModel:
         format=fmt,
         hf_config=cfg,
         tensor_names=names,
-        tokenizer_files=_tokenizer_files(folder),
+        tokenizer_files=_tokenizer_files(folder, cfg),
         tensor_shapes={n: tuple(shapes[n]) for n in names},
         source_dtypes={n: dtypes[n] for n in names},
         _reader=read,

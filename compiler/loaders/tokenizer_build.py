@@ -147,6 +147,14 @@ class VocabSpec:
     # token, not only at the start of the input (Hugging Face's "legacy" Llama tokenizer does the
     # same; its newer non-legacy mode only prefixes the very start). "llama" only.
     prefix_after_special: bool = False
+    # SentencePiece normalization a tokenizer.model may carry ("llama" only): its NFKC-like
+    # character map, and remove_extra_whitespaces (leading/trailing spaces dropped, runs of
+    # spaces made one). GGUF and llama2.c vocabularies come from models that use neither.
+    precompiled_charsmap: bytes | None = None
+    collapse_whitespace: bool = False
+    # SentencePiece's split_by_whitespace: BPE never merges across a "\u2581" (a word starts at
+    # each one). Off for GGUF / llama2.c vocabularies, as llama.cpp encodes them.
+    split_words: bool = False
     chat_template: str | None = None
     model_max_length: int | None = None
     where: str = "tokenizer"  # names the source in error messages
@@ -263,6 +271,17 @@ def _build_byte_level(spec: VocabSpec) -> Tokenizer:
     return tk
 
 
+def _sentencepiece_normalizers(spec: VocabSpec) -> list[Any]:
+    """SentencePiece's own normalization, in its order: the character map, then whitespace."""
+    steps: list[Any] = []
+    if spec.precompiled_charsmap:
+        steps.append(normalizers.Precompiled(spec.precompiled_charsmap))
+    if spec.collapse_whitespace:
+        # Spaces only: SentencePiece keeps tabs and newlines (they reach the byte fallback).
+        steps += [normalizers.Replace(Regex(r"\A +| +\z"), ""), normalizers.Replace(Regex(" {2,}"), " ")]
+    return steps
+
+
 def _build_sentencepiece(spec: VocabSpec) -> Tokenizer:
     if spec.scores is None:
         raise ModelSourceError(
@@ -280,18 +299,21 @@ def _build_sentencepiece(spec: VocabSpec) -> Tokenizer:
     # SentencePiece turns spaces into "\u2581" and (add_dummy_prefix) puts one in front of the
     # text; the whole text stays one "word" (no split on spaces), as SentencePiece / llama.cpp
     # encode it.
-    if spec.add_space_prefix and spec.prefix_after_special:
-        # Added tokens are cut out of the text before normalization, so a normalizer-level
-        # Prepend runs once per stretch of text between special tokens: llama.cpp's behaviour.
-        tk.normalizer = normalizers.Sequence([
-            normalizers.Prepend(SPIECE_UNDERLINE),
-            normalizers.Replace(" ", SPIECE_UNDERLINE),
-        ])
+    norm = _sentencepiece_normalizers(spec)
+    if norm or spec.split_words or (spec.add_space_prefix and spec.prefix_after_special):
+        # The dummy prefix goes in the normalizer here: always (Metaspace's "first" scheme skips
+        # text that already starts with a space, or whose start the normalizer moved), and, since
+        # added tokens are cut out of the text before normalization, once per stretch of text
+        # between special tokens (llama.cpp's behaviour, wanted by prefix_after_special).
+        prefix = [normalizers.Prepend(SPIECE_UNDERLINE)] if spec.add_space_prefix else []
+        tk.normalizer = normalizers.Sequence(norm + prefix + [normalizers.Replace(" ", SPIECE_UNDERLINE)])
+        if spec.split_words:
+            tk.pre_tokenizer = pre_tokenizers.Metaspace(replacement=SPIECE_UNDERLINE, prepend_scheme="never", split=True)
     else:
         tk.pre_tokenizer = pre_tokenizers.Metaspace(
             replacement=SPIECE_UNDERLINE,
             prepend_scheme="first" if spec.add_space_prefix else "never",
-            split=False,
+            split=spec.split_words,
         )
     steps = [decoders.Replace(SPIECE_UNDERLINE, " "), decoders.ByteFallback(), decoders.Fuse()]
     if spec.add_space_prefix:

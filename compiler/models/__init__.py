@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import gemma, gemma2, gemma3, llama, mistral, phi, phi3, qwen2, qwen3
+from . import chatglm, gemma, gemma2, gemma3, glm, llama, minicpm, mistral, phi, phi3, qwen2, qwen3
 from .base import Architecture, ArchitectureError, ParamSource
 from .decoder import DecoderConfig
 
-_MODULES = (llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3, phi, phi3)
+_MODULES = (llama, mistral, minicpm, qwen2, qwen3, gemma, gemma2, gemma3, phi, phi3, glm, chatglm)
 ARCHITECTURES: dict[str, Architecture] = {m.ARCH.model_type: m.ARCH for m in _MODULES}
 _ALIASES: dict[str, str] = {alias: a.model_type for a in ARCHITECTURES.values() for alias in a.aliases}
 GGUF_ARCHITECTURES: dict[str, Architecture] = {a.gguf_arch: a for a in ARCHITECTURES.values() if a.gguf_arch}

@@ -66,6 +66,16 @@ class Architecture:
     # `hf_tensor_name` returns None for tensors that are not this model's (a vision tower).
     hf_text_config: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     hf_tensor_name: Callable[[str], str | None] | None = None
+    # Architectures transformers has no class for (remote-code checkpoints: ChatGLM, MiniCPM) name
+    # an equivalent model it does have, for `check`: its config made from ours, and each of its
+    # tensors as (shape, how it is made from this checkpoint's tensors).
+    reference_config: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    reference_weights: Callable[[dict[str, Any]], dict[str, tuple[tuple[int, ...], ParamSource]]] | None = None
+    # A SentencePiece tokenizer.model (no tokenizer.json) gets these tokens appended after its
+    # pieces, as the checkpoint's tokenizer code does (ChatGLM's [gMASK], sop, <|user|>, ...);
+    # tokenizer_add_bos=False where its prompts start otherwise than with BOS.
+    tokenizer_extra_specials: tuple[str, ...] = ()
+    tokenizer_add_bos: bool | None = None
 
     def build(self, cfg: Any, dtype: str = "float32") -> nn.Module:
         from .decoder import DecoderForCausalLM

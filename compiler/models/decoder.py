@@ -51,6 +51,10 @@ class DecoderConfig:
     attn_logit_softcap: float | None = None  # Gemma 2: scores = cap * tanh(scores / cap)
     final_logit_softcap: float | None = None  # Gemma 2: logits = cap * tanh(logits / cap)
     embed_scale: float | None = None  # Gemma: embeddings * sqrt(hidden), in the model dtype
+    # MiniCPM: attention and MLP outputs * residual_scale before their residual add, and the
+    # final hidden state / logit_divisor before the LM head.
+    residual_scale: float | None = None
+    logit_divisor: float | None = None
     rotary_dim: int | None = None  # None: the whole head (partial rotary otherwise)
     rope_interleaved: bool = False
     rope_theta: float = 10000.0
@@ -145,11 +149,17 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = make_norm(cfg.norm, cfg.hidden_size, cfg.norm_eps)
         self.parallel = cfg.parallel_block
         self.post_attention_layernorm = None if cfg.parallel_block else make_norm(cfg.norm, cfg.hidden_size, cfg.norm_eps)
+        self.residual_scale = cfg.residual_scale
         if cfg.sandwich_norms:
             self.attn_output_norm = make_norm(cfg.norm, cfg.hidden_size, cfg.norm_eps)
             self.mlp_output_norm = make_norm(cfg.norm, cfg.hidden_size, cfg.norm_eps)
         else:
             self.attn_output_norm = self.mlp_output_norm = None
+
+    def _scaled(self, branch: Tensor) -> Tensor:
+        if self.residual_scale is None:
+            return branch
+        return branch * _dtype_const(self.residual_scale, branch.dtype)
 
     def forward(self, hidden: Tensor, kv_cache: PagedKVCache, positions: Tensor) -> Tensor:
         if self.parallel:
@@ -158,11 +168,11 @@ class DecoderLayer(nn.Module):
         attn = self.self_attn(self.input_layernorm(hidden), kv_cache, positions)
         if self.attn_output_norm is not None:
             attn = self.attn_output_norm(attn)
-        hidden = hidden + attn
+        hidden = hidden + self._scaled(attn)
         mlp = self.mlp(self.post_attention_layernorm(hidden))
         if self.mlp_output_norm is not None:
             mlp = self.mlp_output_norm(mlp)
-        return hidden + mlp
+        return hidden + self._scaled(mlp)
 
 
 class DecoderModel(nn.Module):
@@ -222,6 +232,8 @@ class DecoderForCausalLM(nn.Module):
 
     # -- pieces -----------------------------------------------------------------------------
     def _logits(self, hidden: Tensor) -> Tensor:
+        if self.cfg.logit_divisor:
+            hidden = hidden / _dtype_const(self.cfg.logit_divisor, hidden.dtype)
         if self.tie_word_embeddings:
             logits = self.model.embed_tokens.lm_head_forward(hidden)
         else:

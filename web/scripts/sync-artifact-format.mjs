@@ -21,7 +21,8 @@ if (!existsSync(source)) {
 // Fail the build here, with a readable message, if the contract lost a key artifact.ts reads.
 const format = JSON.parse(readFileSync(source, "utf8"));
 const needed = ["format_version", "files", "tensor_alignment", "kv_page_size", "dtype_bytes",
-  "chat_config_required", "manifest_required", "shard_required", "tensor_required", "kv_builtins"];
+  "chat_config_required", "chat_config_optional", "messages", "manifest_required", "shard_required", "tensor_required",
+  "kv_builtins"];
 const missing = needed.filter((k) => !(k in format));
 for (const k of ["chat_config", "manifest", "model_lib_pattern"]) {
   if (!format.files || !(k in format.files)) missing.push(`files.${k}`);

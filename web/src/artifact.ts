@@ -59,6 +59,10 @@ export interface ChatConfig {
   max_batch_size: number;
   tokenizer_files: string[];
   chat_template: string | null;
+  /** the conv_templates.json name chat_template came from; null or absent: the model's own */
+  conv_template?: string | null;
+  /** recorded as in MLC-LLM; absent means 1, and only 1 loads (builds are single-device) */
+  tensor_parallel_shards?: number;
   bos_token_id: number | null;
   add_bos_token: boolean;
   eos_token_ids: number[];
@@ -168,7 +172,21 @@ export function parseChatConfig(raw: unknown, source = CHAT_CONFIG_FILE): ChatCo
   if (!Array.isArray(c.tokenizer_files)) fail(source, "tokenizer_files must be an array");
   c.tokenizer_files.forEach((f, i) => checkRelativePath(f, `tokenizer_files[${i}]`, source));
   if (!isObject(c.sampling)) fail(source, "sampling must be an object");
+  checkSingleDevice(c, source);
   return c;
+}
+
+/**
+ * Every AAE build runs on one device, so a model configured for tensor parallelism cannot load
+ * as configured; the message is the contract's, the same the native engine gives.
+ */
+function checkSingleDevice(c: ChatConfig, source: string): void {
+  // Only absence means the default (as in Python): an explicit null is malformed.
+  const shards: unknown = c.tensor_parallel_shards === undefined ? FORMAT.chat_config_optional.tensor_parallel_shards : c.tensor_parallel_shards;
+  if (!isNonNegInt(shards) || shards < 1) {
+    fail(source, `tensor_parallel_shards must be an integer >= 1, got ${JSON.stringify(shards)}`);
+  }
+  if (shards !== 1) fail(source, FORMAT.messages.tensor_parallel_shards.replace("{shards}", String(shards)));
 }
 
 export function dtypeBytes(dtype: string): number | undefined {

@@ -72,6 +72,22 @@ test("chat config validation", () => {
   rejects(() => parseChatConfig([]), /JSON object/);
 });
 
+test("tensor_parallel_shards: absent or 1 loads, more is refused with the contract's message", () => {
+  assert.equal(parseChatConfig(clone(chatConfig())).tensor_parallel_shards, undefined);
+  assert.equal(parseChatConfig(clone(chatConfig({ tensor_parallel_shards: 1 }))).tensor_parallel_shards, 1);
+  // The same text as the native engine (tests/test_conv_templates.py), from artifact_format.json.
+  const expected =
+    "aae-chat-config.json: this model was configured with tensor_parallel_shards=4, but AAE libraries run on one device; " +
+    "regenerate it with `sphere_aae gen_config --tensor-parallel-shards 1`";
+  assert.throws(
+    () => parseChatConfig(clone(chatConfig({ tensor_parallel_shards: 4 }))),
+    (e: unknown) => e instanceof ArtifactFormatError && (e as Error).message === expected,
+  );
+  for (const bad of [0, -1, 1.5, "2", true, null]) {
+    rejects(() => parseChatConfig({ ...chatConfig(), tensor_parallel_shards: bad }), /tensor_parallel_shards must be an integer >= 1/);
+  }
+});
+
 test("model lib file: config first, pattern as fallback", () => {
   assert.equal(modelLibFile(chatConfig()), "fake-model-webgpu.wasm");
   assert.equal(modelLibFile(chatConfig({ model_lib: {} })), "fake-model-webgpu.wasm");

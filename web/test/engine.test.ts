@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { Engine, StopMatcher } from "../src/engine.js";
 import {
+  ArtifactFormatError,
   ContextWindowExceededError,
   EngineNotLoadedError,
   FeatureNotSupportedError,
@@ -291,10 +292,11 @@ test("unload disposes the backend; later calls fail clearly", async () => {
 
 const BASE = "http://127.0.0.1:8080/models/fake-model/";
 
-function reloadEngine(gpu: GPU | undefined, over: { required?: string[] } = {}) {
+function reloadEngine(gpu: GPU | undefined, over: { required?: string[]; tensorParallelShards?: number } = {}) {
   const folder = fakeModelFolder(BASE, 2);
-  if (over.required) {
-    folder.files.set(BASE + "aae-chat-config.json", new TextEncoder().encode(JSON.stringify(chatConfig({ required_features: over.required }))));
+  if (over.required || over.tensorParallelShards) {
+    const changes = { required_features: over.required ?? [], tensor_parallel_shards: over.tensorParallelShards ?? 1 };
+    folder.files.set(BASE + "aae-chat-config.json", new TextEncoder().encode(JSON.stringify(chatConfig(changes))));
   }
   const fetch = new FakeFetch();
   for (const [u, b] of folder.files) fetch.routes.set(u, b);
@@ -331,6 +333,20 @@ test("reload: a missing shader-f16 is FeatureNotSupportedError", async () => {
   const { engine, fetch } = reloadEngine(gpu, { required: ["shader-f16"] });
   await assert.rejects(engine.reload("fake-model"), (e: unknown) => e instanceof FeatureNotSupportedError && e.feature === "shader-f16");
   assert.equal(fetch.calls.length, 1);
+});
+
+test("reload: a model configured for tensor parallelism is refused before the GPU or any shard", async () => {
+  const { engine, fetch } = reloadEngine(undefined, { tensorParallelShards: 2 });
+  await assert.rejects(
+    engine.reload("fake-model"),
+    (e: unknown) =>
+      e instanceof ArtifactFormatError &&
+      (e as Error).message.endsWith(
+        "aae-chat-config.json: this model was configured with tensor_parallel_shards=2, but AAE libraries run on one device; " +
+          "regenerate it with `sphere_aae gen_config --tensor-parallel-shards 1`",
+      ),
+  );
+  assert.deepEqual(fetch.calls, [BASE + "aae-chat-config.json"]);
 });
 
 export type { ChatCompletion };
