@@ -56,12 +56,12 @@ from .protocol import (
     TopLogprob,
     parse_chat_request,
     parse_completion_request,
+    spec_error,
 )
+from .request_spec import SPEC
 from .sampling import SampledToken, Sampler, SamplingParams
 
-# Same as sphere_aae.pipeline.DEFAULT_MODEL; not imported from there because importing the pipeline
-# imports TVM (seconds), which `sphere_aae chat --help` and the pure-logic tests should not pay.
-DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+from . import DEFAULT_MODEL  # noqa: E402, F401  (re-exported: callers import it from here)
 
 # --------------------------------------------------------------------------------------------
 # --overrides
@@ -237,10 +237,11 @@ class IncrementalDetokenizer:
     So each step decodes a short window of recent tokens and emits what the new token added to the
     window's text, and it waits (emits nothing) while the text ends in an incomplete character
     (U+FFFD). The window starts with the prompt's last tokens so the first generated token decodes
-    with its leading space.
+    with its leading space. web/src/tokenizer.ts's StreamingDetokenizer is its twin
+    (request_spec.json "detokenizer").
     """
 
-    CONTEXT_TOKENS = 4
+    CONTEXT_TOKENS: int = SPEC["detokenizer"]["prefix_tokens"]
 
     def __init__(self, tokenizer: TextTokenizer, prompt_ids: Sequence[int] = ()) -> None:
         self._tok = tokenizer
@@ -264,7 +265,7 @@ class IncrementalDetokenizer:
         prefix_text = self._tok.decode(self._ids[self._prefix : self._read])
         text = self._tok.decode(self._ids[self._prefix :])
         self._prefix = self._read = len(self._ids)
-        return text[len(prefix_text) :]
+        return text[len(prefix_text) :] if len(text) > len(prefix_text) else ""
 
 
 class StopStringMatcher:
@@ -352,6 +353,31 @@ def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, s
 
 
 # --------------------------------------------------------------------------------------------
+# Request limits (request_spec.json "context_window"; web/src/engine.ts's planRequest applies the same)
+
+
+def check_prompts(kind: str, prompts: Sequence[Sequence[int]], logit_bias: Any, vocab_size: int, context_window: int) -> list[int]:
+    """How many tokens each prompt leaves room for (context_window - its length), after the
+    spec's checks in the spec's order: logit_bias ids, then per prompt: empty, out-of-vocabulary
+    ids, too long (a prompt of context_window tokens or more leaves no room to generate)."""
+    bad_bias = [t for t in logit_bias if t >= vocab_size]
+    if bad_bias:
+        raise spec_error("logit_bias_token", "logit_bias", token=bad_bias[0], vocab_size=vocab_size)
+    param = SPEC["context_window"]["param"][kind]
+    rooms = []
+    for ids in prompts:
+        if not ids:
+            raise spec_error("prompt_empty", param)
+        bad = [t for t in ids if not 0 <= t < vocab_size]
+        if bad:
+            raise spec_error("prompt_token", "prompt", token=bad[0], vocab_size=vocab_size)
+        if len(ids) >= context_window:
+            raise spec_error("context_length", param, context_window=context_window, prompt_tokens=len(ids))
+        rooms.append(context_window - len(ids))
+    return rooms
+
+
+# --------------------------------------------------------------------------------------------
 # Scheduler
 
 
@@ -370,6 +396,7 @@ class _Output:
     text: str
     tokens: list[_TokenInfo]
     finish_reason: str | None = None
+    token_ids: list[int] = field(default_factory=list)  # generated since the last output, EOS included
     # Filled in the final output of a choice:
     completion_tokens: int = 0
     prefill_tokens: int = 0
@@ -394,6 +421,7 @@ class _Job:
         self.detok = IncrementalDetokenizer(tokenizer, prompt_ids)
         self.stopper = StopStringMatcher(sampler.params.stop)
         self.seq_id: int | None = None
+        self.pending_ids: list[int] = []  # ids not yet sent with an output (their text is held back)
         self.last_token = -1
         self.generated = 0
         self.prefill_s = 0.0
@@ -516,27 +544,14 @@ class _EngineCore:
 
     def make_jobs(self, request: _Request, prompts: Sequence[list[int]], params: SamplingParams, n: int) -> None:
         resolved = params.resolved(self.sampling_defaults)
-        bad_bias = [t for t in resolved.logit_bias if t >= self.vocab_size]
-        if bad_bias:
-            raise RequestError(f"Invalid 'logit_bias': token id {bad_bias[0]} is outside the vocabulary (size {self.vocab_size}).", param="logit_bias")
-        for p, ids in enumerate(prompts):
-            if not ids:
-                raise RequestError("The prompt is empty (it encodes to no tokens).", param="prompt")
-            bad = [t for t in ids if not 0 <= t < self.vocab_size]
-            if bad:
-                raise RequestError(f"Invalid 'prompt': token id {bad[0]} is outside the vocabulary (size {self.vocab_size}).", param="prompt")
-            if len(ids) >= self.context_window:
-                raise RequestError(
-                    f"This model's maximum context length is {self.context_window} tokens, but the prompt has {len(ids)} tokens "
-                    "(at least one more is needed to generate). Shorten the prompt or the conversation.",
-                    param="messages" if request.kind == "chat" else "prompt",
-                    code="context_length_exceeded",
-                )
-            room = self.context_window - len(ids)
+        rooms = check_prompts(request.kind, prompts, resolved.logit_bias, self.vocab_size, self.context_window)
+        eos = sorted(self.tokenizer.eos_token_ids)
+        for p, (ids, room) in enumerate(zip(prompts, rooms)):
             max_new = min(resolved.max_tokens, room) if resolved.max_tokens else room
             for i in range(n):
+                # Choice i is seeded seed + i; unseeded choices each draw a seed from the OS.
                 choice = dataclasses.replace(resolved, seed=None if resolved.seed is None else resolved.seed + i)
-                request.jobs.append(_Job(request, p * n + i, ids, Sampler(choice, self.vocab_size, ids), max_new, self.tokenizer))
+                request.jobs.append(_Job(request, p * n + i, ids, Sampler(choice, self.vocab_size, ids, eos), max_new, self.tokenizer))
 
     # ---- the loop (scheduler thread)
 
@@ -630,6 +645,7 @@ class _EngineCore:
         """Sample one token for `job` and send its text; returns True when the job finished."""
         sampled: SampledToken = job.sampler.sample(logits)
         job.generated += 1
+        job.pending_ids.append(sampled.token_id)
         params = job.sampler.params
         finish: str | None = None
         tokens: list[_TokenInfo] = []
@@ -650,6 +666,8 @@ class _EngineCore:
                 text += tail if hit else tail + job.stopper.flush()
                 finish = "stop" if hit else "length"
         out = _Output(job.index, text, tokens, finish)
+        if text or tokens or finish:
+            out.token_ids, job.pending_ids = job.pending_ids, []
         if finish is not None:
             self._release(job)
             out.completion_tokens = job.generated
@@ -668,7 +686,10 @@ class _EngineCore:
 class _Assembler:
     """Builds chunks (streaming) or the final object (non-streaming) of one request."""
 
-    def __init__(self, core: _EngineCore, request: _Request, kind: str, *, num_choices: int, prompt_tokens: int, include_usage: bool, echo_texts: Sequence[str] = (), n: int = 1) -> None:
+    def __init__(
+        self, core: _EngineCore, request: _Request, kind: str, *, num_choices: int, prompt_tokens: int, include_usage: bool,
+        echo_texts: Sequence[str] = (), n: int = 1, prompt_ids: Sequence[list[int]] | None = None,
+    ) -> None:
         self.core = core
         self.request = request
         self.kind = kind
@@ -678,6 +699,10 @@ class _Assembler:
         self.texts = [""] * num_choices
         self.finish: list[str | None] = [None] * num_choices
         self.tokens: list[list[_TokenInfo]] = [[] for _ in range(num_choices)]
+        # return_token_ids: the prompts' ids (None when not asked for) and each choice's ids.
+        self._prompt_ids = prompt_ids
+        self._prompt_ids_pending = prompt_ids is not None
+        self.token_ids: list[list[int]] = [[] for _ in range(num_choices)]
         self.finished = 0
         self._echo = list(echo_texts)
         self._n = n
@@ -697,6 +722,7 @@ class _Assembler:
         i = event.index
         self.texts[i] += event.text
         self.tokens[i].extend(event.tokens)
+        self.token_ids[i].extend(event.token_ids)
         if event.finish_reason is not None:
             self.finish[i] = event.finish_reason
             self.finished += 1
@@ -738,27 +764,44 @@ class _Assembler:
             offset += len(text)
         return out
 
-    # ---- streaming
+    # ---- streaming (return_token_ids: request_spec.json "$token_ids")
+
+    def _ids(self, ids: list[int]) -> list[int] | None:
+        return list(ids) if self._prompt_ids is not None else None
+
+    def _prompt_ids_field(self) -> list[int] | list[list[int]] | None:
+        if self._prompt_ids is None:
+            return None
+        return list(self._prompt_ids[0]) if len(self._prompt_ids) == 1 else [list(p) for p in self._prompt_ids]
+
+    def _first(self, chunk: Any) -> Any:
+        """Put prompt_token_ids on the stream's first chunk."""
+        if self._prompt_ids_pending:
+            self._prompt_ids_pending = False
+            chunk.prompt_token_ids = self._prompt_ids_field()
+        return chunk
 
     def opening_chunks(self) -> list[Any]:
         """Chat streams start with a role-only delta per choice, as OpenAI's do."""
         if self.kind != "chat":
-            return [self._completion_chunk(i, self._echo[i // self._n], None, None) for i in range(self.num_choices) if self._echo]
-        return [self._chat_chunk(i, ChoiceDelta(role="assistant", content=""), None, None) for i in range(self.num_choices)]
+            return [self._first(self._completion_chunk(i, self._echo[i // self._n], None, None)) for i in range(self.num_choices) if self._echo]
+        return [self._first(self._chat_chunk(i, ChoiceDelta(role="assistant", content=""), None, None)) for i in range(self.num_choices)]
 
     def chunks_for(self, out: _Output) -> list[Any]:
         chunks: list[Any] = []
         if self.kind == "chat":
             logprobs = self._chat_logprobs(out.tokens) if out.tokens else None
+            ids = out.token_ids
             if out.text or logprobs is not None:
-                chunks.append(self._chat_chunk(out.index, ChoiceDelta(content=out.text), None, logprobs))
+                chunks.append(self._chat_chunk(out.index, ChoiceDelta(content=out.text), None, logprobs, self._ids(ids)))
+                ids = []  # the finish chunk carries only ids no content chunk carried
             if out.finish_reason is not None:
-                chunks.append(self._chat_chunk(out.index, ChoiceDelta(), out.finish_reason, None))
+                chunks.append(self._chat_chunk(out.index, ChoiceDelta(), out.finish_reason, None, self._ids(ids)))
         else:
             offset = len(self.texts[out.index]) - len(out.text)
             logprobs = self._completion_logprobs(out.tokens, offset) if self._want_logprobs else None
-            chunks.append(self._completion_chunk(out.index, out.text, out.finish_reason, logprobs))
-        return chunks
+            chunks.append(self._completion_chunk(out.index, out.text, out.finish_reason, logprobs, self._ids(out.token_ids)))
+        return [self._first(c) for c in chunks]
 
     def closing_chunks(self) -> list[Any]:
         if not self.include_usage:
@@ -767,16 +810,20 @@ class _Assembler:
             return [ChatCompletionChunk(self.request.id, self.request.created, self.core.model_id, [], usage=self.usage(), include_usage_field=True)]
         return [Completion(self.request.id, self.request.created, self.core.model_id, [], usage=self.usage(), include_usage_field=True)]
 
-    def _chat_chunk(self, index: int, delta: ChoiceDelta, finish: str | None, logprobs: ChoiceLogprobs | None) -> ChatCompletionChunk:
+    def _chat_chunk(
+        self, index: int, delta: ChoiceDelta, finish: str | None, logprobs: ChoiceLogprobs | None, token_ids: list[int] | None = None
+    ) -> ChatCompletionChunk:
         return ChatCompletionChunk(
             self.request.id, self.request.created, self.core.model_id,
-            [ChatCompletionChunkChoice(index, delta, finish, logprobs)], include_usage_field=self.include_usage,
+            [ChatCompletionChunkChoice(index, delta, finish, logprobs, token_ids)], include_usage_field=self.include_usage,
         )
 
-    def _completion_chunk(self, index: int, text: str, finish: str | None, logprobs: CompletionLogprobs | None) -> Completion:
+    def _completion_chunk(
+        self, index: int, text: str, finish: str | None, logprobs: CompletionLogprobs | None, token_ids: list[int] | None = None
+    ) -> Completion:
         return Completion(
             self.request.id, self.request.created, self.core.model_id,
-            [CompletionChoice(index, text, finish, logprobs)], usage=None, include_usage_field=self.include_usage,
+            [CompletionChoice(index, text, finish, logprobs, token_ids)], usage=None, include_usage_field=self.include_usage,
         )
 
     # ---- final object
@@ -789,16 +836,18 @@ class _Assembler:
                     ChatCompletionMessage(role="assistant", content=self.texts[i]),
                     self.finish[i],
                     self._chat_logprobs(self.tokens[i]) if self._want_logprobs else None,
+                    self._ids(self.token_ids[i]),
                 )
                 for i in range(self.num_choices)
             ]
-            return ChatCompletion(self.request.id, self.request.created, self.core.model_id, choices, self.usage())
+            return ChatCompletion(self.request.id, self.request.created, self.core.model_id, choices, self.usage(),
+                                  prompt_token_ids=self._prompt_ids_field())
         choices_c = []
         for i in range(self.num_choices):
             echo = self._echo[i // self._n] if self._echo else ""
             logprobs = self._completion_logprobs(self.tokens[i], len(echo)) if self._want_logprobs else None
-            choices_c.append(CompletionChoice(i, echo + self.texts[i], self.finish[i], logprobs))
-        return Completion(self.request.id, self.request.created, self.core.model_id, choices_c, self.usage())
+            choices_c.append(CompletionChoice(i, echo + self.texts[i], self.finish[i], logprobs, self._ids(self.token_ids[i])))
+        return Completion(self.request.id, self.request.created, self.core.model_id, choices_c, self.usage(), prompt_token_ids=self._prompt_ids_field())
 
 
 @dataclass
@@ -812,6 +861,7 @@ class _Prepared:
     stream: bool
     include_usage: bool
     echo_texts: list[str] = field(default_factory=list)
+    return_token_ids: bool = False
 
 
 def _body(args: dict[str, Any]) -> dict[str, Any]:
@@ -866,11 +916,11 @@ class _Base:
             chat: ChatCompletionRequest = parse_chat_request(body)
             text = self._core.template.render([m.to_template_dict() for m in chat.messages])
             ids = self._core.tokenizer.encode(text)
-            return _Prepared("chat", [ids], chat.sampling, chat.n, chat.stream, chat.include_usage)
+            return _Prepared("chat", [ids], chat.sampling, chat.n, chat.stream, chat.include_usage, return_token_ids=chat.return_token_ids)
         comp: CompletionRequest = parse_completion_request(body)
         prompts = [self._core.tokenizer.encode(p) if isinstance(p, str) else list(p) for p in comp.prompts]
         echo = [p if isinstance(p, str) else self._core.tokenizer.decode(p) for p in comp.prompts] if comp.echo else []
-        return _Prepared("completion", prompts, comp.sampling, comp.n, comp.stream, comp.include_usage, echo)
+        return _Prepared("completion", prompts, comp.sampling, comp.n, comp.stream, comp.include_usage, echo, comp.return_token_ids)
 
     def _submit(self, prepared: _Prepared, sink: Callable[[object], None]) -> tuple[_Request, _Assembler]:
         request = _Request(prepared.kind, sink)
@@ -882,6 +932,7 @@ class _Base:
             include_usage=prepared.include_usage,
             echo_texts=prepared.echo_texts,
             n=prepared.n,
+            prompt_ids=prepared.prompts if prepared.return_token_ids else None,
         )
         self._core.submit(request)
         return request, assembler
@@ -1130,5 +1181,6 @@ __all__ = [
     "TextTokenizer",
     "IncrementalDetokenizer",
     "StopStringMatcher",
+    "check_prompts",
     "ChatTemplate",
 ]

@@ -17,8 +17,9 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
+from .request_spec import FIELDS, SPEC, endpoint_fields, error_text, field_default, field_type, range_rule, show, type_name
 from .sampling import SamplingParams
 
 # --------------------------------------------------------------------------------------------
@@ -49,50 +50,33 @@ class RequestError(ValueError):
 
 
 # --------------------------------------------------------------------------------------------
-# Field checks. Each takes the field's dotted name for messages; `bool` is excluded from the
-# numeric checks because in Python `True` is an int, and JSON `true` is not a number.
+# Field checks, driven by request_spec.json (REQUESTS.md). Each takes the field's dotted name for
+# messages; `bool` is excluded from the numeric checks because in Python `True` is an int, and
+# JSON `true` is not a number. web/src/protocol.ts runs the same checks with the same texts.
+
+
+def spec_error(name: str, param: str | None = None, **values: Any) -> RequestError:
+    """The spec's error `name` (request_spec.json "errors"), its placeholders filled."""
+    message, code = error_text(name, {"param": param, **values})
+    return RequestError(message, param=param, code=code)
 
 
 def _type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, (list, tuple)):
-        return "array"
-    if isinstance(value, Mapping):
-        return "object"
-    return type(value).__name__
+    return type_name(value)
 
 
 def _bad_type(name: str, value: Any, expected: str) -> RequestError:
-    return RequestError(
-        f"Invalid type for '{name}': expected {expected}, but got {_type_name(value)}.",
-        param=name,
-        code="invalid_type",
-    )
-
-
-def _out_of_range(name: str, value: Any, rule: str) -> RequestError:
-    return RequestError(f"Invalid value for '{name}': {value!r} is out of range; it must be {rule}.", param=name, code="invalid_value")
+    """`expected` is the text ("an array of token ids") or a key of the spec's "expected"."""
+    return spec_error("bad_type", name, expected=SPEC["expected"].get(expected, expected), got=type_name(value))
 
 
 def _number(name: str, value: Any, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _bad_type(name, value, "a number")
+        raise _bad_type(name, value, "number")
     if not math.isfinite(value):
-        raise RequestError(f"Invalid value for '{name}': it must be a finite number.", param=name, code="invalid_value")
-    below = lo is not None and (value <= lo if lo_open else value < lo)
-    above = hi is not None and value > hi
-    if below or above:
-        left = "(" if lo_open else "["
-        raise _out_of_range(name, value, f"in {left}{lo}, {hi}]" if hi is not None else f"{'>' if lo_open else '>='} {lo}")
+        raise spec_error("not_finite", name)
+    if (lo is not None and (value <= lo if lo_open else value < lo)) or (hi is not None and value > hi):
+        raise spec_error("out_of_range", name, value=value, rule=range_rule("number", lo, hi, lo_open))
     return float(value)
 
 
@@ -101,27 +85,38 @@ def _integer(name: str, value: Any, lo: int | None = None, hi: int | None = None
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise _bad_type(name, value, "an integer")
+        raise _bad_type(name, value, "integer")
     if (lo is not None and value < lo) or (hi is not None and value > hi):
-        rule = f"between {lo} and {hi}" if lo is not None and hi is not None else (f">= {lo}" if lo is not None else f"<= {hi}")
-        raise _out_of_range(name, value, rule)
+        raise spec_error("out_of_range", name, value=value, rule=range_rule("integer", lo, hi, False))
     return value
 
 
 def _boolean(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
-        raise _bad_type(name, value, "a boolean")
+        raise _bad_type(name, value, "boolean")
     return value
 
 
 def _string(name: str, value: Any) -> str:
     if not isinstance(value, str):
-        raise _bad_type(name, value, "a string")
+        raise _bad_type(name, value, "string")
     return value
 
 
-MAX_STOP_STRINGS = 16
-MAX_N = 128
+def _is_empty(value: Any) -> bool:
+    """What a refused feature may still be sent as: nothing (null, false, "", [], {})."""
+    return value is None or value is False or (isinstance(value, (str, list, tuple, Mapping)) and len(value) == 0)
+
+
+def _js_key_order(keys: Sequence[str]) -> list[str]:
+    """Object keys in the order JavaScript iterates them: array-index keys ascending, then the
+    rest as given (so both engines report the same bad key first)."""
+    index = [k for k in keys if k.isascii() and k.isdigit() and str(int(k)) == k and int(k) < 2**32 - 1]
+    return sorted(index, key=int) + [k for k in keys if k not in index]
+
+
+MAX_STOP_STRINGS: int = SPEC["limits"]["max_stop_strings"]
+MAX_N: int = FIELDS["n"]["max"]
 
 
 def _stop(value: Any) -> list[str]:
@@ -129,38 +124,51 @@ def _stop(value: Any) -> list[str]:
         return []
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)):
-        raise _bad_type("stop", value, "a string or an array of strings")
+        raise _bad_type("stop", value, "stop")
     if len(items) > MAX_STOP_STRINGS:
-        raise RequestError(f"Invalid 'stop': at most {MAX_STOP_STRINGS} stop strings are allowed, got {len(items)}.", param="stop")
+        raise spec_error("stop_too_many", "stop", max=MAX_STOP_STRINGS, count=len(items))
     out = []
     for i, s in enumerate(items):
         _string(f"stop[{i}]", s)
         if not s:
-            raise RequestError(f"Invalid 'stop[{i}]': stop strings must not be empty.", param="stop")
+            raise spec_error("stop_empty", f"stop[{i}]")
         out.append(s)
     return out
 
 
 def _logit_bias(value: Any) -> dict[int, float]:
     if not isinstance(value, Mapping):
-        raise _bad_type("logit_bias", value, "an object mapping token ids to biases")
+        raise _bad_type("logit_bias", value, "logit_bias")
+    spec = FIELDS["logit_bias"]
+    texts = {str(k): v for k, v in value.items()}  # the Python API may use int keys
     out: dict[int, float] = {}
-    for key, bias in value.items():
-        try:
-            token = int(key)
-        except (TypeError, ValueError):
-            raise RequestError(f"Invalid key in 'logit_bias': {key!r} is not a token id (an integer).", param="logit_bias") from None
-        if token < 0:
-            raise RequestError(f"Invalid key in 'logit_bias': token id {token} is negative.", param="logit_bias")
-        out[token] = _number(f"logit_bias.{key}", bias, -100, 100)
+    for key in _js_key_order(list(texts)):
+        if not (key.isascii() and key.isdigit()):
+            raise spec_error("logit_bias_key", "logit_bias", key=show(key))
+        out[int(key)] = _number(f"logit_bias.{key}", texts[key], spec["min"], spec["max"])
     return out
+
+
+def _stream_options(value: Any) -> bool:
+    """include_usage of a stream_options object."""
+    if not isinstance(value, Mapping):
+        raise _bad_type("stream_options", value, "object")
+    extra = sorted(set(value) - set(SPEC["stream_options_fields"]))
+    if extra:
+        raise spec_error("stream_options_field", f"stream_options.{extra[0]}", names=", ".join(extra))
+    usage = value.get("include_usage")
+    return False if usage is None else _boolean("stream_options.include_usage", usage)
+
+
+def _response_format(value: Any) -> None:
+    if not isinstance(value, Mapping):
+        raise _bad_type("response_format", value, "object")
+    if value.get("type") != "text":
+        raise spec_error("response_format", "response_format.type", value=show(value.get("type")))
 
 
 # --------------------------------------------------------------------------------------------
 # Requests
-
-_ROLES = ("system", "developer", "user", "assistant", "tool")
-_MESSAGE_KEYS = {"role", "content", "name", "tool_calls", "tool_call_id", "refusal"}
 
 
 @dataclass
@@ -181,55 +189,70 @@ def _message_content(name: str, content: Any, role: str) -> str:
     if content is None:
         if role == "assistant":
             return ""
-        raise RequestError(f"Invalid '{name}': a {role} message needs content.", param=name)
+        raise spec_error("needs_content", name, role=role)
     if isinstance(content, str):
         return content
     if not isinstance(content, (list, tuple)):
-        raise _bad_type(name, content, "a string or an array of content parts")
+        raise _bad_type(name, content, "content")
     texts = []
     for i, part in enumerate(content):
         pname = f"{name}[{i}]"
         if not isinstance(part, Mapping):
-            raise _bad_type(pname, part, "an object")
-        kind = part.get("type")
-        if kind != "text":
-            raise RequestError(
-                f"Invalid '{pname}.type': only 'text' content parts are supported by this model, got {kind!r}.",
-                param=f"{pname}.type",
-            )
+            raise _bad_type(pname, part, "object")
+        if part.get("type") != "text":
+            raise spec_error("content_part", f"{pname}.type", value=show(part.get("type")))
         texts.append(_string(f"{pname}.text", part.get("text")))
     return "".join(texts)
 
 
+def _message(name: str, msg: Any) -> ChatMessage:
+    if not isinstance(msg, Mapping):
+        raise _bad_type(name, msg, "object")
+    unknown = sorted(set(msg) - set(SPEC["message_fields"]))
+    if unknown:
+        raise spec_error("message_fields", f"{name}.{unknown[0]}", names=", ".join(map(show, unknown)))
+    if "role" not in msg:
+        raise spec_error("missing", f"{name}.role")
+    role = msg["role"]
+    if role not in SPEC["roles"]:
+        raise spec_error("role", f"{name}.role", value=show(role), roles=", ".join(map(show, SPEC["roles"])))
+    if not _is_empty(msg.get("tool_calls")):
+        raise spec_error("tool_calls", f"{name}.tool_calls")
+    content = _message_content(f"{name}.content", msg.get("content"), role)
+    msg_name = msg.get("name")
+    if msg_name is not None:
+        _string(f"{name}.name", msg_name)
+    return ChatMessage(role=role, content=content, name=msg_name)
+
+
 def _messages(value: Any) -> list[ChatMessage]:
     if not isinstance(value, (list, tuple)):
-        raise _bad_type("messages", value, "an array of messages")
+        raise _bad_type("messages", value, "messages")
     if not value:
-        raise RequestError("Invalid 'messages': empty array. Expected an array with at least one message.", param="messages", code="empty_array")
-    out = []
-    for i, msg in enumerate(value):
-        name = f"messages[{i}]"
-        if not isinstance(msg, Mapping):
-            raise _bad_type(name, msg, "an object")
-        unknown = sorted(set(msg) - _MESSAGE_KEYS)
-        if unknown:
-            raise RequestError(f"Invalid '{name}': unrecognized field(s) {', '.join(map(repr, unknown))}.", param=f"{name}.{unknown[0]}")
-        if "role" not in msg:
-            raise RequestError(f"Missing required parameter: '{name}.role'.", param=f"{name}.role", code="missing_required_parameter")
-        role = msg["role"]
-        if role not in _ROLES:
-            raise RequestError(
-                f"Invalid value for '{name}.role': {role!r}. Supported values are: {', '.join(map(repr, _ROLES))}.",
-                param=f"{name}.role",
-                code="invalid_value",
-            )
-        if msg.get("tool_calls"):
-            raise RequestError(f"Invalid '{name}.tool_calls': tool calls are not supported by this server.", param=f"{name}.tool_calls")
-        content = _message_content(f"{name}.content", msg.get("content"), role)
-        msg_name = msg.get("name")
-        if msg_name is not None:
-            _string(f"{name}.name", msg_name)
-        out.append(ChatMessage(role=role, content=content, name=msg_name))
+        raise spec_error("messages_empty", "messages")
+    return [_message(f"messages[{i}]", msg) for i, msg in enumerate(value)]
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _prompts(value: Any) -> list[str | list[int]]:
+    """OpenAI accepts a string, an array of strings, an array of token ids, or an array of those."""
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise spec_error("prompt", "prompt")
+    if all(_is_number(x) for x in value):
+        return [[_integer(f"prompt[{i}]", x, 0) for i, x in enumerate(value)]]
+    out: list[str | list[int]] = []
+    for i, item in enumerate(value):
+        if isinstance(item, str):
+            out.append(item)
+        elif isinstance(item, (list, tuple)) and item:
+            out.append([_integer(f"prompt[{i}][{j}]", x, 0) for j, x in enumerate(item)])
+        else:
+            raise spec_error("prompt_item", f"prompt[{i}]", got=type_name(item))
     return out
 
 
@@ -241,6 +264,7 @@ class ChatCompletionRequest:
     stream: bool = False
     include_usage: bool = False
     model: str | None = None
+    return_token_ids: bool = False
 
 
 @dataclass
@@ -253,147 +277,112 @@ class CompletionRequest:
     echo: bool = False
     logprobs: int | None = None  # completions API: number of top alternatives per token
     model: str | None = None
+    return_token_ids: bool = False
 
 
-# Fields both APIs accept; the per-API tables add the rest. Unknown names are an error rather than
-# silently ignored, so a typo ("temprature") does not quietly run with defaults.
-_COMMON_FIELDS = {
-    "model", "stream", "stream_options", "temperature", "top_p", "n", "max_tokens", "stop", "seed",
-    "frequency_penalty", "presence_penalty", "repetition_penalty", "logit_bias", "user", "ignore_eos",
-}
-_CHAT_FIELDS = _COMMON_FIELDS | {
-    "messages", "logprobs", "top_logprobs", "max_completion_tokens", "response_format", "tools", "tool_choice",
-    "parallel_tool_calls", "metadata", "store", "service_tier",
-}
-_COMPLETION_FIELDS = _COMMON_FIELDS | {"prompt", "echo", "logprobs", "best_of", "suffix"}
-
-
-def _check_fields(body: Any, allowed: set[str], required: str) -> None:
+def _check_fields(body: Any, allowed: Any, required: str) -> None:
+    """The body is an object, names only fields of `allowed` (names, or an endpoint of the
+    spec), and gives `required`. Unknown names are an error rather than silently ignored, so a
+    typo ("temprature") does not quietly run with defaults."""
     if not isinstance(body, Mapping):
-        raise RequestError(f"The request body must be a JSON object, got {_type_name(body)}.")
-    unknown = sorted(k for k in body if k not in allowed)
+        raise spec_error("not_object", got=type_name(body))
+    names = {name for name, _ in endpoint_fields(allowed)} if isinstance(allowed, str) else set(allowed)
+    unknown = sorted(str(k) for k in body if k not in names)
     if unknown:
-        raise RequestError(
-            f"Unrecognized request argument supplied: {', '.join(map(str, unknown))}.",
-            param=str(unknown[0]),
-            code="unknown_parameter",
-        )
+        raise spec_error("unknown_field", unknown[0], names=", ".join(unknown))
     if body.get(required) is None:
-        raise RequestError(f"Missing required parameter: '{required}'.", param=required, code="missing_required_parameter")
+        raise spec_error("missing", required)
 
 
-def _common(body: Mapping[str, Any], *, default_max_tokens: int | None) -> tuple[SamplingParams, int, bool, bool, str | None]:
-    """Validate what chat and completions share; returns (sampling, n, stream, include_usage, model)."""
+# The structured kinds of request_spec.json's field types, by name.
+_KINDS: dict[str, Callable[[str, Any, Mapping[str, Any]], Any]] = {
+    "messages": lambda name, v, f: _messages(v),
+    "prompt": lambda name, v, f: _prompts(v),
+    "stream_options": lambda name, v, f: _stream_options(v),
+    "stop": lambda name, v, f: _stop(v),
+    "logit_bias": lambda name, v, f: _logit_bias(v),
+    "response_format": lambda name, v, f: _response_format(v),
+    "number": lambda name, v, f: _number(name, v, f.get("min"), f.get("max"), lo_open=f.get("min_exclusive", False)),
+    "integer": lambda name, v, f: _integer(name, v, f.get("min"), f.get("max")),
+    "boolean": lambda name, v, f: _boolean(name, v),
+    "string": lambda name, v, f: _string(name, v),
+    "any": lambda name, v, f: v,
+}
 
-    def opt(name: str, check, *args, **kwargs):
-        value = body.get(name)
-        return None if value is None else check(name, value, *args, **kwargs)
 
-    model = opt("model", _string)
-    stream = opt("stream", _boolean) or False
-    include_usage = False
-    options = body.get("stream_options")
-    if options is not None:
-        if not stream:
-            raise RequestError("Invalid 'stream_options': only allowed when 'stream' is true.", param="stream_options")
-        if not isinstance(options, Mapping):
-            raise _bad_type("stream_options", options, "an object")
-        extra = sorted(set(options) - {"include_usage", "continuous_usage_stats"})
-        if extra:
-            raise RequestError(f"Invalid 'stream_options': unrecognized field(s) {', '.join(extra)}.", param=f"stream_options.{extra[0]}")
-        if options.get("include_usage") is not None:
-            include_usage = _boolean("stream_options.include_usage", options["include_usage"])
-    n = opt("n", _integer, 1, MAX_N) or 1
-    opt("user", _string)
-    sampling = SamplingParams(
-        temperature=opt("temperature", _number, 0, 2),
-        top_p=opt("top_p", _number, 0, 1, lo_open=True),
-        max_tokens=opt("max_tokens", _integer, 1) or default_max_tokens,
-        seed=opt("seed", _integer),
-        stop=_stop(body.get("stop")),
-        frequency_penalty=opt("frequency_penalty", _number, -2, 2),
-        presence_penalty=opt("presence_penalty", _number, -2, 2),
-        repetition_penalty=opt("repetition_penalty", _number, 0, None, lo_open=True),
-        logit_bias=_logit_bias(body["logit_bias"]) if body.get("logit_bias") is not None else {},
-        ignore_eos=opt("ignore_eos", _boolean) or False,
+def _check_field(kind: str, name: str, value: Any, spec: Mapping[str, Any]) -> Any:
+    t = field_type(spec, kind)
+    if t == "refused_unless_empty" or t == "tool_choice":
+        if not (_is_empty(value) if t == "refused_unless_empty" else value in spec["values"]):
+            raise spec_error("refused", name, what=SPEC["refused"][name])
+        return None
+    return _KINDS[t](name, value, spec)
+
+
+def _rule(rule: str, kind: str, values: Mapping[str, Any]) -> None:
+    """One of request_spec.json's cross-field rules."""
+    given = values.__contains__
+    if rule == "stream_options_need_stream" and given("stream_options") and not values.get("stream"):
+        raise spec_error("stream_options_without_stream", "stream_options")
+    if rule == "max_tokens_once" and given("max_tokens") and given("max_completion_tokens"):
+        raise spec_error("max_tokens_twice", "max_completion_tokens")
+    if rule == "top_logprobs_need_logprobs" and given("top_logprobs") and kind == "chat" and not values.get("logprobs"):
+        raise spec_error("top_logprobs_without_logprobs", "top_logprobs")
+    if rule == "echo_without_logprobs" and kind == "completion" and given("logprobs") and values.get("echo"):
+        raise spec_error("echo_with_logprobs", "logprobs")
+    if rule == "best_of_is_n" and given("best_of") and values["best_of"] != values.get("n", FIELDS["n"]["default"]):
+        raise spec_error("best_of", "best_of")
+
+
+def check_request(kind: str, body: Any) -> dict[str, Any]:
+    """Every given field of a `kind` ("chat" / "completion") body, checked in the spec's order,
+    then the spec's cross-field rules: {field: checked value}. Raises RequestError."""
+    _check_fields(body, kind, SPEC["endpoints"][kind]["required"])
+    values: dict[str, Any] = {}
+    for name, spec in endpoint_fields(kind):
+        if body.get(name) is not None:
+            values[name] = _check_field(kind, name, body[name], spec)
+    for rule in SPEC["rules"]:
+        _rule(rule, kind, values)
+    return values
+
+
+def _sampling(kind: str, v: Mapping[str, Any]) -> SamplingParams:
+    max_tokens = v.get("max_tokens", v.get("max_completion_tokens", field_default("max_tokens", kind)))
+    logprobs = v.get("logprobs")
+    return SamplingParams(
+        temperature=v.get("temperature"),
+        top_p=v.get("top_p"),
+        max_tokens=max_tokens,
+        seed=v.get("seed"),
+        stop=v.get("stop", []),
+        frequency_penalty=v.get("frequency_penalty"),
+        presence_penalty=v.get("presence_penalty"),
+        repetition_penalty=v.get("repetition_penalty"),
+        logit_bias=v.get("logit_bias", {}),
+        # chat: logprobs is a switch and top_logprobs a count; completions: logprobs is the count
+        logprobs=bool(logprobs) if kind == "chat" else logprobs is not None,
+        top_logprobs=v.get("top_logprobs", 0) if kind == "chat" else (logprobs or 0),
+        ignore_eos=v.get("ignore_eos", False),
     )
-    return sampling, n, stream, include_usage, model
 
 
 def parse_chat_request(body: Any) -> ChatCompletionRequest:
     """Validate an OpenAI `/v1/chat/completions` body; raises RequestError naming the bad field."""
-    _check_fields(body, _CHAT_FIELDS, "messages")
-    sampling, n, stream, include_usage, model = _common(body, default_max_tokens=None)
-    # max_completion_tokens is the newer name of max_tokens; giving both is ambiguous.
-    if body.get("max_completion_tokens") is not None:
-        if body.get("max_tokens") is not None:
-            raise RequestError("Give only one of 'max_tokens' and 'max_completion_tokens'.", param="max_completion_tokens")
-        sampling.max_tokens = _integer("max_completion_tokens", body["max_completion_tokens"], 1)
-    logprobs = body.get("logprobs")
-    if logprobs is not None:
-        sampling.logprobs = _boolean("logprobs", logprobs)
-    if body.get("top_logprobs") is not None:
-        sampling.top_logprobs = _integer("top_logprobs", body["top_logprobs"], 0, 20)
-        if not sampling.logprobs:
-            raise RequestError("Invalid 'top_logprobs': 'logprobs' must be set to true when 'top_logprobs' is used.", param="top_logprobs")
-    fmt = body.get("response_format")
-    if fmt is not None:
-        if not isinstance(fmt, Mapping):
-            raise _bad_type("response_format", fmt, "an object")
-        if fmt.get("type") != "text":
-            raise RequestError(
-                f"Invalid 'response_format.type': {fmt.get('type')!r} is not supported; only 'text' is.",
-                param="response_format.type",
-            )
-    if body.get("tools"):
-        raise RequestError("Invalid 'tools': function calling is not supported by this server.", param="tools")
-    tool_choice = body.get("tool_choice")
-    if tool_choice not in (None, "none", "auto"):
-        raise RequestError("Invalid 'tool_choice': function calling is not supported by this server.", param="tool_choice")
-    messages = _messages(body["messages"])
-    return ChatCompletionRequest(messages=messages, sampling=sampling, n=n, stream=stream, include_usage=include_usage, model=model)
-
-
-def _prompts(value: Any) -> list[str | list[int]]:
-    """OpenAI accepts a string, an array of strings, an array of token ids, or an array of those."""
-    if isinstance(value, str):
-        return [value]
-    if not isinstance(value, (list, tuple)) or not value:
-        raise RequestError("Invalid 'prompt': expected a non-empty string, array of strings, array of token ids or array of token-id arrays.", param="prompt")
-    if all(isinstance(x, int) and not isinstance(x, bool) for x in value):
-        return [[_integer(f"prompt[{i}]", x, 0) for i, x in enumerate(value)]]
-    out: list[str | list[int]] = []
-    for i, item in enumerate(value):
-        if isinstance(item, str):
-            out.append(item)
-        elif isinstance(item, (list, tuple)) and item:
-            out.append([_integer(f"prompt[{i}][{j}]", x, 0) for j, x in enumerate(item)])
-        else:
-            raise RequestError(f"Invalid 'prompt[{i}]': expected a string or a non-empty array of token ids, got {_type_name(item)}.", param="prompt")
-    return out
+    v = check_request("chat", body)
+    return ChatCompletionRequest(
+        messages=v["messages"], sampling=_sampling("chat", v), n=v.get("n", 1), stream=v.get("stream", False),
+        include_usage=v.get("stream_options", False), model=v.get("model"), return_token_ids=v.get("return_token_ids", False),
+    )
 
 
 def parse_completion_request(body: Any) -> CompletionRequest:
     """Validate an OpenAI `/v1/completions` body (legacy API; max_tokens defaults to 16 as there)."""
-    _check_fields(body, _COMPLETION_FIELDS, "prompt")
-    sampling, n, stream, include_usage, model = _common(body, default_max_tokens=16)
-    prompts = _prompts(body["prompt"])
-    echo = body.get("echo")
-    echo = _boolean("echo", echo) if echo is not None else False
-    logprobs = body.get("logprobs")
-    if logprobs is not None:
-        logprobs = _integer("logprobs", logprobs, 0, 5)
-        sampling.logprobs = True
-        sampling.top_logprobs = logprobs
-        if echo:
-            raise RequestError("Invalid 'logprobs': 'echo' together with 'logprobs' (prompt logprobs) is not supported.", param="logprobs")
-    best_of = body.get("best_of")
-    if best_of is not None and _integer("best_of", best_of, 1) != n:
-        raise RequestError("Invalid 'best_of': only best_of equal to n is supported.", param="best_of")
-    if body.get("suffix"):
-        raise RequestError("Invalid 'suffix': insertion (suffix) is not supported by this model.", param="suffix")
+    v = check_request("completion", body)
     return CompletionRequest(
-        prompts=prompts, sampling=sampling, n=n, stream=stream, include_usage=include_usage, echo=echo, logprobs=logprobs, model=model
+        prompts=v["prompt"], sampling=_sampling("completion", v), n=v.get("n", 1), stream=v.get("stream", False),
+        include_usage=v.get("stream_options", False), echo=v.get("echo", False), logprobs=v.get("logprobs"),
+        model=v.get("model"), return_token_ids=v.get("return_token_ids", False),
     )
 
 
@@ -480,6 +469,8 @@ class ChatCompletionChoice(_Model):
     message: ChatCompletionMessage
     finish_reason: str | None
     logprobs: ChoiceLogprobs | None = None
+    token_ids: list[int] | None = None  # return_token_ids (extension, as in vLLM)
+    _omit_none = ("token_ids",)
 
 
 @dataclass
@@ -491,6 +482,8 @@ class ChatCompletion(_Model):
     usage: CompletionUsage | None
     object: str = "chat.completion"
     system_fingerprint: str | None = None
+    prompt_token_ids: list[int] | None = None  # return_token_ids
+    _omit_none = ("prompt_token_ids",)
 
 
 @dataclass
@@ -506,6 +499,8 @@ class ChatCompletionChunkChoice(_Model):
     delta: ChoiceDelta
     finish_reason: str | None = None
     logprobs: ChoiceLogprobs | None = None
+    token_ids: list[int] | None = None  # return_token_ids: this chunk's ids
+    _omit_none = ("token_ids",)
 
 
 @dataclass
@@ -519,6 +514,8 @@ class ChatCompletionChunk(_Model):
     system_fingerprint: str | None = None
     # `usage` appears (as null until the last chunk) only when the client asked for it.
     include_usage_field: bool = field(default=False, repr=False)
+    prompt_token_ids: list[int] | None = None  # return_token_ids: on the first chunk
+    _omit_none = ("prompt_token_ids",)
 
 
 @dataclass
@@ -535,6 +532,8 @@ class CompletionChoice(_Model):
     text: str
     finish_reason: str | None
     logprobs: CompletionLogprobs | None = None
+    token_ids: list[int] | None = None  # return_token_ids
+    _omit_none = ("token_ids",)
 
 
 @dataclass
@@ -547,6 +546,9 @@ class Completion(_Model):
     object: str = "text_completion"
     system_fingerprint: str | None = None
     include_usage_field: bool = field(default=True, repr=False)  # streamed chunks: as asked
+    # return_token_ids: the prompt's ids (a list per prompt when several); streams: first chunk
+    prompt_token_ids: list[int] | list[list[int]] | None = None
+    _omit_none = ("prompt_token_ids",)
 
 
 __all__: Sequence[str] = [

@@ -1,31 +1,29 @@
-"""Token sampling on the host with numpy.
+"""Token sampling on the host with numpy, as REQUESTS.md and request_spec.json specify it.
 
-The model returns float32 logits for one position; `Sampler` turns them into the next token.
-Order of operations (the one OpenAI and vLLM document):
-
-1. `logit_bias` is added;
-2. repetition penalty (CTRL-style, over prompt + generated tokens) divides positive logits and
-   multiplies negative ones;
-3. frequency and presence penalties subtract `count * frequency + (count > 0) * presence`, counting
-   generated tokens only;
-4. log-probabilities (what `logprobs` / `top_logprobs` report) are the log-softmax of these
-   processed logits, before temperature and top-p, so they describe the model's distribution and
-   not the sampling knobs;
-5. temperature 0 is greedy (argmax); otherwise softmax(logits / temperature), top-p (nucleus)
-   truncation, and a draw from the request's own `numpy.random.Generator`, seeded with `seed` when
-   given so the same seed gives the same text.
+The model returns float32 logits for one position; `Sampler` turns them into the next token by
+running the spec's processors in the spec's order (`sampling.processors`: ignore_eos, logit_bias,
+repetition penalty, frequency/presence penalties, the logprobs point, temperature, top_p, the
+draw). The browser engine (web/src/sampling.ts) runs the same list with the same float64
+arithmetic, the same exp/log (`spec_exp`, `spec_log`: platform exp differs in the last bit) and
+the same PRNG (`SplitMix64`), so one seed gives one token stream in both.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import secrets
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from .request_spec import FIELDS, SAMPLING
+
 # Temperatures below this are treated as 0: dividing by a tiny temperature overflows softmax.
-GREEDY_TEMPERATURE = 1e-5
+GREEDY_TEMPERATURE: float = SAMPLING["greedy_below_temperature"]
+# The processors that only transform logits (what `Sampler.process` runs, in the spec's order).
+LOGIT_PROCESSORS = ("ignore_eos", "logit_bias", "repetition_penalty", "frequency_presence_penalty")
 
 
 @dataclass
@@ -49,7 +47,7 @@ class SamplingParams:
         """A copy with every None knob filled from `defaults` (the chat config's `sampling`), then
         from OpenAI's own defaults (temperature 1, top_p 1, no penalties)."""
         defaults = defaults or {}
-        fallback = {"temperature": 1.0, "top_p": 1.0, "frequency_penalty": 0.0, "presence_penalty": 0.0, "repetition_penalty": 1.0}
+        fallback = {name: f["fallback"] for name, f in FIELDS.items() if f.get("default") == "model"}
         out = dataclasses.replace(self, stop=list(self.stop), logit_bias=dict(self.logit_bias))
         for name, value in fallback.items():
             if getattr(out, name) is None:
@@ -64,16 +62,120 @@ class SampledToken:
     top_logprobs: list[tuple[int, float]]  # the top_logprobs most likely tokens, best first
 
 
+# --------------------------------------------------------------------------------------------
+# The spec's arithmetic: PRNG, exp, log, sums (REQUESTS.md, "Sampling")
+
+_MASK64 = (1 << 64) - 1
+_PRNG = SAMPLING["prng"]
+_GAMMA, _MIX1, _MIX2 = (int(_PRNG[k], 16) for k in ("gamma", "mix1", "mix2"))
+_FLOAT_SHIFT = 64 - _PRNG["float_bits"]
+_FLOAT_SCALE = 2.0 ** -_PRNG["float_bits"]
+
+
+class SplitMix64:
+    """The request PRNG: SplitMix64 over exact 64-bit integers (Python ints masked to 64 bits,
+    BigInt in TypeScript), so one seed gives the same floats in both engines."""
+
+    def __init__(self, seed: int) -> None:
+        self.state = seed & _MASK64  # two's complement for a negative seed
+
+    def next_u64(self) -> int:
+        self.state = (self.state + _GAMMA) & _MASK64
+        z = self.state
+        z = ((z ^ (z >> 30)) * _MIX1) & _MASK64
+        z = ((z ^ (z >> 27)) * _MIX2) & _MASK64
+        return z ^ (z >> 31)
+
+    def next_float(self) -> float:
+        """Uniform in [0, 1): the top 53 bits, scaled exactly."""
+        return (self.next_u64() >> _FLOAT_SHIFT) * _FLOAT_SCALE
+
+
+def os_seed() -> int:
+    """A seed for a request that gave none: 64 bits from the OS's random source."""
+    return secrets.randbits(64)
+
+
+_EXP = SAMPLING["exp"]
+_EXP_COEFFS = [1.0 / math.factorial(j) for j in range(_EXP["terms"] + 1)]
+_LOG = SAMPLING["log"]
+_LOG_COEFFS = [1.0 / (2 * j + 1) for j in range(_LOG["terms"] + 1)]
+
+
+def spec_exp(x: np.ndarray) -> np.ndarray:
+    """exp as the spec defines it (inputs <= 0 here): numpy's and JavaScript's exp disagree in
+    the last bit on ~10% of inputs, which would move a seeded draw now and then. In-place
+    operations, each rounding as the spec's `p = p * r + c` does (a token's budget is ~1 ms)."""
+    x = np.asarray(x, dtype=np.float64)
+    under = x < _EXP["underflow_below"]
+    xs = np.maximum(x, _EXP["underflow_below"])  # the clamped ones become 0 below
+    with np.errstate(invalid="ignore"):
+        k = xs * _EXP["inv_ln2"]
+        k += 0.5
+        np.floor(k, out=k)
+        r = k * _EXP["ln2_hi"]
+        np.subtract(xs, r, out=r)
+        r -= k * _EXP["ln2_lo"]
+        p = np.full_like(r, _EXP_COEFFS[-1])
+        for c in reversed(_EXP_COEFFS[:-1]):
+            p *= r
+            p += c
+        # Times 2^k, exact: k is in [-1021, 0] here, so 2^k is the double with exponent k + 1023
+        # (np.ldexp is 10x slower). A NaN input stays NaN whatever k becomes.
+        scale = k.astype(np.int64)
+        scale += 1023
+        scale <<= 52
+        p *= scale.view(np.float64)
+    p[under] = 0.0
+    return p
+
+
+def spec_log(s: float) -> float:
+    """log as the spec defines it, for a softmax total s >= 1."""
+    m, e = math.frexp(s)
+    if m < _LOG["sqrt_half"]:
+        m, e = m * 2.0, e - 1
+    z = (m - 1.0) / (m + 1.0)
+    zz = z * z
+    q = _LOG_COEFFS[-1]
+    for c in reversed(_LOG_COEFFS[:-1]):
+        q = q * zz + c
+    return e * _EXP["ln2_hi"] + (e * _EXP["ln2_lo"] + (2.0 * z) * q)
+
+
+def sum_ltr(values: np.ndarray) -> float:
+    """The plain left-to-right sum (what a JavaScript loop computes); np.sum is pairwise."""
+    return float(np.cumsum(values)[-1]) if values.size else 0.0
+
+
 def log_softmax(logits: np.ndarray) -> np.ndarray:
-    x = logits.astype(np.float64, copy=False)
+    x = np.asarray(logits, dtype=np.float64)
     shifted = x - np.max(x)
-    return shifted - np.log(np.sum(np.exp(shifted)))
+    return shifted - spec_log(sum_ltr(spec_exp(shifted)))
+
+
+# --------------------------------------------------------------------------------------------
+# The sampler
+
+
+@dataclass
+class _Step:
+    """One token's pipeline state, passed from processor to processor."""
+
+    x: np.ndarray  # float64 logits, transformed in place by the logit processors
+    logprobs: np.ndarray | None = None
+    weights: np.ndarray | None = None  # exp((x - max) / temperature)
+    ids: np.ndarray | None = None  # the ids the draw chooses among, with their running mass
+    cum: np.ndarray | None = None
+    token: int | None = None
 
 
 class Sampler:
-    """Sampling state of one sequence: its RNG and the token counts the penalties need."""
+    """Sampling state of one sequence: its PRNG and the token counts the penalties need."""
 
-    def __init__(self, params: SamplingParams, vocab_size: int, prompt_token_ids: Sequence[int] = ()) -> None:
+    def __init__(
+        self, params: SamplingParams, vocab_size: int, prompt_token_ids: Sequence[int] = (), eos_token_ids: Sequence[int] = ()
+    ) -> None:
         if params.temperature is None or params.top_p is None:
             raise ValueError("Sampler needs resolved SamplingParams (call params.resolved(defaults))")
         bad = [t for t in params.logit_bias if not 0 <= t < vocab_size]
@@ -81,54 +183,116 @@ class Sampler:
             raise ValueError(f"logit_bias token id {bad[0]} is outside the vocabulary (size {vocab_size})")
         self.params = params
         self.vocab_size = vocab_size
-        self.rng = np.random.default_rng(params.seed)
+        self.seed = os_seed() if params.seed is None else params.seed
+        self.rng = SplitMix64(self.seed)
         self._counts = np.zeros(vocab_size, dtype=np.int64)
         self._seen = np.zeros(vocab_size, dtype=bool)
         prompt = np.asarray([t for t in prompt_token_ids if 0 <= t < vocab_size], dtype=np.int64)
         self._seen[prompt] = True
+        self._eos = np.asarray(sorted({t for t in eos_token_ids if 0 <= t < vocab_size}), dtype=np.int64)
         self._bias_ids = np.fromiter(params.logit_bias.keys(), dtype=np.int64, count=len(params.logit_bias))
         self._bias_values = np.fromiter(params.logit_bias.values(), dtype=np.float64, count=len(params.logit_bias))
+        # The pipeline is the spec's list, read here: reordering it there reorders both engines.
+        self._stages: list[Callable[[_Step], None]] = [getattr(self, "_" + name) for name in SAMPLING["processors"]]
+        self._logit_stages = [getattr(self, "_" + n) for n in SAMPLING["processors"] if n in LOGIT_PROCESSORS]
 
     def process(self, logits: np.ndarray) -> np.ndarray:
-        """Steps 1-3: float64 logits with bias and penalties applied (a new array)."""
-        p = self.params
-        x = np.array(logits[: self.vocab_size], dtype=np.float64)
-        if self._bias_ids.size:
-            x[self._bias_ids] += self._bias_values
-        if p.repetition_penalty != 1.0 and self._seen.any():
-            seen = x[self._seen]
-            x[self._seen] = np.where(seen > 0, seen / p.repetition_penalty, seen * p.repetition_penalty)
-        if p.frequency_penalty or p.presence_penalty:
-            x -= self._counts * p.frequency_penalty + (self._counts > 0) * p.presence_penalty
-        return x
+        """The logit processors only: float64 logits with the mask, bias and penalties applied."""
+        step = _Step(np.array(logits[: self.vocab_size], dtype=np.float64))
+        for stage in self._logit_stages:
+            stage(step)
+        return step.x
 
     def sample(self, logits: np.ndarray) -> SampledToken:
         """Pick the next token from one position's logits and record it for the penalties."""
-        p = self.params
-        x = self.process(logits)
-        logprobs = log_softmax(x) if p.logprobs else None
-        if p.temperature < GREEDY_TEMPERATURE:
-            token = int(np.argmax(x))
-        else:
-            token = self._draw(x / p.temperature, p.top_p)
+        step = _Step(np.array(logits[: self.vocab_size], dtype=np.float64))
+        for stage in self._stages:
+            stage(step)
+        assert step.token is not None, "request_spec.json's processors must end with the draw"
+        token = step.token
         self._counts[token] += 1
         self._seen[token] = True
-        if logprobs is None:
+        if step.logprobs is None:
             return SampledToken(token, 0.0, [])
-        return SampledToken(token, float(logprobs[token]), top_k(logprobs, p.top_logprobs))
+        return SampledToken(token, float(step.logprobs[token]), top_k(step.logprobs, self.params.top_logprobs))
 
-    def _draw(self, scaled: np.ndarray, top_p: float) -> int:
-        probs = np.exp(scaled - np.max(scaled))
+    # ---- the processors, by their names in request_spec.json
+
+    def _ignore_eos(self, step: _Step) -> None:
+        if self.params.ignore_eos and self._eos.size:
+            step.x[self._eos] = -np.inf
+
+    def _logit_bias(self, step: _Step) -> None:
+        if self._bias_ids.size:
+            step.x[self._bias_ids] += self._bias_values
+
+    def _repetition_penalty(self, step: _Step) -> None:
+        r = self.params.repetition_penalty
+        if r != 1.0 and self._seen.any():
+            seen = step.x[self._seen]
+            step.x[self._seen] = np.where(seen > 0, seen / r, seen * r)
+
+    def _frequency_presence_penalty(self, step: _Step) -> None:
+        f, p = self.params.frequency_penalty, self.params.presence_penalty
+        if f or p:
+            ids = np.flatnonzero(self._counts)
+            step.x[ids] = step.x[ids] - (self._counts[ids] * f + p)
+
+    def _logprobs(self, step: _Step) -> None:
+        if self.params.logprobs:
+            step.logprobs = log_softmax(step.x)
+
+    def _temperature(self, step: _Step) -> None:
+        m = float(np.max(step.x))
+        if self.params.temperature < GREEDY_TEMPERATURE or m == -np.inf:
+            step.token = int(np.argmax(step.x))
+        else:
+            step.weights = spec_exp((step.x - m) / self.params.temperature)
+
+    def _top_p(self, step: _Step) -> None:
+        if step.token is not None:
+            return
+        w, top_p = step.weights, self.params.top_p
+        assert w is not None, "request_spec.json's processors must put temperature before top_p"
         if top_p < 1.0:
-            # Nucleus: keep the smallest most-likely set whose mass reaches top_p (at least one).
-            order = np.argsort(-probs, kind="stable")
-            cum = np.cumsum(probs[order])
-            keep = int(np.searchsorted(cum, top_p * cum[-1])) + 1
-            kept = order[:keep]
-            cum = np.cumsum(probs[kept])
-            return int(kept[min(int(np.searchsorted(cum, self.rng.random() * cum[-1], side="right")), keep - 1)])
-        cum = np.cumsum(probs)
-        return int(min(np.searchsorted(cum, self.rng.random() * cum[-1], side="right"), len(cum) - 1))
+            # Nucleus: the smallest most-likely set whose mass reaches top_p (at least one).
+            total = sum_ltr(w)
+            order, cum = nucleus_order(w, top_p, total)
+            keep = min(int(np.searchsorted(cum, top_p * total)) + 1, order.size)
+            step.ids, step.cum = order[:keep], cum[:keep]
+        else:
+            step.ids, step.cum = np.arange(w.size), np.cumsum(w)
+
+    def _draw(self, step: _Step) -> None:
+        if step.token is not None:
+            return
+        assert step.ids is not None and step.cum is not None, "request_spec.json's processors must put top_p before the draw"
+        target = self.rng.next_float() * step.cum[-1]
+        i = int(np.searchsorted(step.cum, target, side="right"))
+        step.token = int(step.ids[min(i, step.ids.size - 1)])
+
+
+# Candidates first sorted for top-p; most distributions reach top_p within them.
+NUCLEUS_CANDIDATES = 256
+
+
+def nucleus_order(probs: np.ndarray, top_p: float, total: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The most likely token ids, best first (ties: lower id first), with their cumulative mass,
+    as far as the mass reaches top_p of the total: the head of a full stable sort, without
+    sorting the whole vocabulary (5-7 ms a token over 49,152 logits; this takes ~0.5 ms).
+
+    Candidates are every id whose probability is at least the k-th largest, so ties at the edge
+    are all in and the order is exactly the full sort's; k grows until the mass is reached.
+    `total` is the left-to-right sum of probs (sum_ltr, what the browser engine computes)."""
+    n, k = probs.size, NUCLEUS_CANDIDATES
+    total = sum_ltr(probs) if total is None else total
+    while True:
+        ids = np.arange(n) if k >= n else np.flatnonzero(probs >= np.partition(probs, n - k)[n - k])
+        order = ids[np.lexsort((ids, -probs[ids]))]
+        cum = np.cumsum(probs[order])
+        if k >= n or cum[-1] >= top_p * total:
+            return order, cum
+        k *= 4
 
 
 def top_k(logprobs: np.ndarray, k: int) -> list[tuple[int, float]]:

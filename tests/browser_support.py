@@ -33,10 +33,12 @@ DIST_INDEX = WEB / "dist" / "index.js"
 SITE = REPO / "site"
 
 def _dist_inputs() -> list[Path]:
-    """What dist/index.js is built from (src/artifact_format.json is a generated copy: not an input)."""
-    files = [f for f in (WEB / "src").rglob("*") if f.is_file() and f.name != "artifact_format.json"]
+    """What dist/index.js is built from (src/artifact_format.json and src/request_spec.json are
+    generated copies: not inputs)."""
+    copies = ("artifact_format.json", "request_spec.json")
+    files = [f for f in (WEB / "src").rglob("*") if f.is_file() and f.name not in copies]
     files += [WEB / "scripts" / "build.mjs", WEB / "package.json", WEB / "package-lock.json", WEB / "tsconfig.json"]
-    files.append(REPO / "compiler" / "artifact_format.json")
+    files += [REPO / "compiler" / "artifact_format.json", REPO / "compiler" / "request_spec.json"]
     return [f for f in files if f.is_file()]
 
 

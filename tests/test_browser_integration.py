@@ -3,6 +3,11 @@ headless Chromium: the reference continuation, KV-cache reuse and popN back to a
 TVM's real paged cache (same, diverging and extended prompts give the fresh-cache text), chunked
 prefill (prefill_chunk_size 3), streaming, interrupt, seeded sampling and the context-window
 refusal. In-page engine, on the faster CPU WebGPU route available (`webgpu_route`).
+
+Then, in the same page, the request spec end to end (REQUESTS.md): seeded requests with
+temperature, top_p, the three penalties and logit_bias, chat and completions, streaming and not,
+n = 2, give the native engine's token ids (`SphereAaeEngine` on the CPU): one PRNG, one sampling
+pipeline, one detokenizer and stop rule in both.
 """
 
 from __future__ import annotations
@@ -42,12 +47,66 @@ RUN_JS = """async ({ modelUrl, adapterOptions, config }) => {
   return { failures, lines };
 }"""
 
+# Each request's prompt ids and, per choice index, its generated ids (streams: concatenated).
+SEEDED_JS = """async ({ modelUrl, adapterOptions, requests }) => {
+  const aae = await import('/web/dist/index.js');
+  const engine = await aae.CreateEngine('m', {
+    appConfig: { model_list: [{ model_id: 'm', model_url: modelUrl }] }, store: null, logger: () => {},
+    ...(adapterOptions ? { requestAdapterOptions: adapterOptions } : {}),
+  });
+  const out = [];
+  for (const { kind, body } of requests) {
+    const r = await (kind === 'chat' ? engine.chat.completions : engine.completions).create(body);
+    const ids = {};
+    let prompt = body.stream ? null : r.prompt_token_ids;
+    if (body.stream) {
+      for await (const chunk of r) {
+        if (chunk.prompt_token_ids) prompt = chunk.prompt_token_ids;
+        for (const c of chunk.choices) (ids[c.index] ??= []).push(...(c.token_ids ?? []));
+      }
+    } else {
+      for (const c of r.choices) ids[c.index] = c.token_ids;
+    }
+    out.push({ prompt, choices: ids });
+  }
+  await engine.unload();
+  return out;
+}"""
+
+SAMPLING = {"temperature": 0.9, "top_p": 0.9, "presence_penalty": 0.3, "frequency_penalty": 0.4, "repetition_penalty": 1.1,
+            "logit_bias": {"261": -2.5, "286": 1.5}, "max_tokens": 24, "return_token_ids": True}
+SEEDED_REQUESTS = [
+    ("chat", {"messages": [{"role": "user", "content": "Once upon a time"}], "seed": 1234, "n": 2, **SAMPLING}),
+    ("chat", {"messages": [{"role": "user", "content": "Lily and Tom"}], "seed": 99, "stream": True, **SAMPLING}),
+    ("completion", {"prompt": "The cat sat", "seed": 7, **SAMPLING}),
+    ("completion", {"prompt": "One day", "seed": -3, "stream": True, **SAMPLING, "temperature": 1.2}),
+]
+
+
+def native_seeded(model_dir: Path) -> list[dict[str, Any]]:
+    """SEEDED_REQUESTS on the native engine, written as SEEDED_JS writes the browser's."""
+    from sphere_aae.engine import SphereAaeEngine
+
+    out = []
+    with SphereAaeEngine(str(model_dir), quantization="q0f32") as engine:
+        for kind, body in SEEDED_REQUESTS:
+            r = (engine.chat.completions if kind == "chat" else engine.completions).create(**body)
+            ids: dict[str, list[int]] = {}
+            prompt = None
+            for chunk in r if body.get("stream") else [r]:
+                prompt = chunk.prompt_token_ids or prompt
+                for c in chunk.choices:
+                    ids.setdefault(str(c.index), []).extend(c.token_ids or [])
+            out.append({"prompt": prompt, "choices": ids})
+    return out
+
 
 def test_integration_checks_in_chromium(
     stories_dir: Path, web_models_dir: Path, web_dist: Path, playwright: Any, webgpu_route: browser.Adapter, tmp_path: Path
 ) -> None:
     folder = build(stories_dir, "q0f32", web_models_dir)
     config = json.loads((folder / "aae-chat-config.json").read_text())
+    native = native_seeded(stories_dir)
     with start_server(SITE, web_models_dir, web_dist_dir=web_dist) as srv:
         ctx = browser.launch(playwright, tmp_path / "profile", webgpu_route)
         try:
@@ -65,6 +124,14 @@ def test_integration_checks_in_chromium(
                     "config": config,
                 },
             )
+            seeded = page.evaluate(
+                SEEDED_JS,
+                {
+                    "modelUrl": f"{srv.url}/models/{folder.name}/",
+                    "adapterOptions": browser.request_adapter_options(webgpu_route),
+                    "requests": [{"kind": k, "body": b} for k, b in SEEDED_REQUESTS],
+                },
+            )
         finally:
             ctx.close()
     report = "\n".join(r["lines"])
@@ -73,3 +140,8 @@ def test_integration_checks_in_chromium(
     assert "stories260K reference checks on" in report
     assert sum(line.startswith("ok ") for line in r["lines"]) == 10, report
     assert errors == []
+    for (kind, body), web, nat in zip(SEEDED_REQUESTS, seeded, native):
+        label = f"{kind} seed={body['seed']} stream={body.get('stream', False)}"
+        assert web == nat, label
+        assert all(len(ids) > 1 for ids in nat["choices"].values()), label
+    assert native[0]["choices"]["0"] != native[0]["choices"]["1"], "n = 2: each choice has its own seed"

@@ -112,7 +112,7 @@ def test_body_must_be_an_object():
         ([], "messages", ["empty array"]),
         ("hello", "messages", ["array"]),
         ([{"content": "x"}], "messages[0].role", ["Missing", "role"]),
-        ([{"role": "wizard", "content": "x"}], "messages[0].role", ["wizard", "'user'"]),
+        ([{"role": "wizard", "content": "x"}], "messages[0].role", ['"wizard"', '"user"']),
         ([{"role": "user", "content": 5}], "messages[0].content", ["content", "integer"]),
         ([{"role": "user"}], "messages[0].content", ["needs content"]),
         ([{"role": "user", "content": "x", "colour": 1}], "messages[0].colour", ["colour"]),
@@ -149,7 +149,7 @@ def test_stream_options_need_stream():
 
 def test_stop_strings():
     assert parse_chat_request({"messages": USER, "stop": ["a", "bc"]}).sampling.stop == ["a", "bc"]
-    assert chat_error(messages=USER, stop=[""]).param == "stop"
+    assert chat_error(messages=USER, stop=[""]).param == "stop[0]"
     assert chat_error(messages=USER, stop=[1]).param == "stop[0]"
     assert chat_error(messages=USER, stop=["x"] * 17).param == "stop"
 

@@ -124,3 +124,25 @@ def test_large_vocab_logits_with_padding_are_cut_to_vocab():
     x = np.zeros(VOCAB + 4, dtype=np.float32)
     x[VOCAB + 1] = 100
     assert sampler(temperature=0).sample(x).token_id < VOCAB
+
+
+def test_nucleus_order_is_the_head_of_a_full_stable_sort() -> None:
+    """top_p sorts only candidates (sampling.nucleus_order); the tokens it keeps, and their order,
+    are those of a full stable sort, ties at the edge included, for peaked and flat distributions."""
+    from sphere_aae.sampling import NUCLEUS_CANDIDATES, nucleus_order, sum_ltr
+
+    rng = np.random.default_rng(0)
+    n = 49152
+    grew = 0
+    for trial in range(60):
+        logits = rng.normal(0, [0.3, 2.0, 8.0][trial % 3], n)
+        if trial % 2:
+            logits = np.round(logits, 1)  # many ties
+        probs = np.exp(logits - logits.max())
+        full = np.argsort(-probs, kind="stable")
+        for top_p in (0.5, 0.9, 0.95, 0.999):
+            order, cum = nucleus_order(probs, top_p)
+            keep = int(np.searchsorted(cum, top_p * sum_ltr(probs))) + 1
+            assert keep <= order.size and (order[:keep] == full[:keep]).all(), (trial, top_p)
+            grew += order.size > NUCLEUS_CANDIDATES
+    assert grew  # the flat distributions needed more than the first candidates

@@ -1,6 +1,8 @@
-// Copies the artifact contract's machine-readable half (compiler/artifact_format.json, owned by the
-// compiler) into src/ so artifact.ts can import it. Run before every build and test (npm pre-hooks):
-// the copy is generated, never edited, and gitignored, so the two sides cannot drift silently.
+// Copies the contracts' machine-readable halves, owned by the compiler, into src/: the artifact
+// format (compiler/artifact_format.json, read by artifact.ts) and the request protocol + sampling
+// pipeline (compiler/request_spec.json, read by request_spec.ts). Run before every build and test
+// (npm pre-hooks): the copies are generated, never edited, and gitignored, so the two sides cannot
+// drift silently.
 import { copyFileSync, existsSync, readFileSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -36,3 +38,23 @@ if (missing.length) {
   process.exit(1);
 }
 copyFileSync(source, target);
+
+// The request spec: the keys request_spec.ts, protocol.ts and sampling.ts read.
+const specSource = resolve(here, "../../compiler/request_spec.json");
+const specTarget = resolve(here, "../src/request_spec.json");
+if (existsSync(specSource)) {
+  const spec = JSON.parse(readFileSync(specSource, "utf8"));
+  const lacking = ["spec_version", "endpoints", "fields", "rules", "errors", "expected", "range_rules", "refused", "sampling",
+    "context_window", "detokenizer"].filter((k) => !(k in spec));
+  for (const k of ["processors", "exp", "log", "prng", "greedy_below_temperature"]) {
+    if (!spec.sampling || !(k in spec.sampling)) lacking.push(`sampling.${k}`);
+  }
+  if (lacking.length) {
+    console.error(`sync-artifact-format: ${specSource} lacks ${lacking.join(", ")} (web/src/request_spec.ts reads them)`);
+    process.exit(1);
+  }
+  copyFileSync(specSource, specTarget);
+} else if (!existsSync(specTarget)) {
+  console.error(`sync-artifact-format: ${specSource} not found and no copy exists; cannot build`);
+  process.exit(1);
+}

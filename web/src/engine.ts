@@ -51,6 +51,7 @@ import {
 import {
   parseChatRequest,
   parseCompletionRequest,
+  specError,
   type ChatCompletion,
   type ChatCompletionChunk,
   type ChatCompletionRequest,
@@ -61,11 +62,15 @@ import {
   type CompletionRequest,
   type CompletionRequestNonStreaming,
   type CompletionRequestStreaming,
+  type CompletionLogprobs,
   type CompletionUsage,
   type FinishReason,
-  type ParsedSampling,
+  type ParsedChatRequest,
+  type ParsedCompletionRequest,
+  type TopLogprob,
 } from "./protocol.js";
-import { Sampler, logSoftmax, randomSeed, topK, type SamplingParams } from "./sampling.js";
+import { SPEC, errorText, type Endpoint } from "./request_spec.js";
+import { Sampler, randomSeed, type SampledToken, type SamplingParams } from "./sampling.js";
 import { ChatTemplate } from "./template.js";
 import { StreamingDetokenizer, TextTokenizer } from "./tokenizer.js";
 
@@ -564,36 +569,83 @@ export class StopMatcher {
   }
 }
 
+/** The detokenizer and stop matcher of one choice: request_spec.json's stop rules. */
+export class TextStream {
+  private readonly detok: StreamingDetokenizer;
+  private readonly stopper: StopMatcher;
+
+  constructor(tokenizer: TextTokenizer, promptIds: readonly number[], stops: readonly string[]) {
+    this.detok = new StreamingDetokenizer(tokenizer, promptIds);
+    this.stopper = new StopMatcher(stops);
+  }
+
+  /** Add one token: the text now safe to emit, and whether it hit a stop string. */
+  push(id: number): { text: string; stopped: boolean } {
+    const r = this.stopper.push(this.detok.push(id));
+    return { text: r.emit, stopped: r.stopped };
+  }
+
+  /** The choice ends: release the held-back text, cut at a stop string it completes. */
+  finish(): { text: string; stopped: boolean } {
+    const r = this.stopper.push(this.detok.flush());
+    return r.stopped ? { text: r.emit, stopped: true } : { text: r.emit + this.stopper.flush(), stopped: false };
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Engine
 
 interface GenerationStep {
   text: string;
-  logprobs: ChatCompletionTokenLogprob[];
+  /** Content tokens sampled since the previous step, with their logprobs when asked (EOS excluded). */
+  tokens: SampledToken[];
   /** Ids generated since the previous step (a token whose text is held back waits for the next). */
   tokenIds: number[];
 }
 
 interface GenerationResult {
   finishReason: FinishReason;
-  promptTokens: number;
-  completionTokens: number;
-  usage: CompletionUsage;
   /** Every generated id, EOS included when it ended the generation (as completion_tokens counts it). */
   completionIds: number[];
+  prefillTokens: number;
+  prefillS: number;
+  decodeSteps: number;
+  decodeS: number;
+  firstTokenS: number;
+  totalS: number;
 }
 
-interface ResolvedRequest {
+/** What the decode loop of one choice reports to `generate`. */
+interface DecodeRun {
+  finishReason: FinishReason;
+  ids: number[];
+  decodeSteps: number;
+  decodeS: number;
+  /** when the first token was sampled (now()) */
+  tFirst: number;
+}
+
+/** One choice of one request: one prompt, one seed, one run of the decode loop (Python's _Job). */
+interface Choice {
+  index: number;
   promptIds: number[];
   sampling: SamplingParams;
-  seed: number;
-  maxTokens: number;
+  seed: bigint;
+  /** min(max_tokens, context_window_size - prompt tokens): request_spec.json context_window */
+  maxNew: number;
   stop: string[];
-  ignoreEos: boolean;
+}
+
+/** A validated, tokenized request: its choices, run one after the other (Python's _Prepared). */
+interface RequestPlan {
+  kind: Endpoint;
+  /** Each prompt's ids (one for chat). */
+  prompts: number[][];
+  choices: Choice[];
   logprobs: boolean;
-  topLogprobs: number;
-  /** Extension: report prompt and generated token ids in the response. */
   returnTokenIds: boolean;
+  /** Shared by the choices: interruptGenerate() ends the running one and skips the rest. */
+  control: { interrupted: boolean };
 }
 
 function commonPrefixLength(a: readonly number[], b: readonly number[]): number {
@@ -854,51 +906,8 @@ export class Engine implements EngineInterface {
 
   private checkModelField(model: LoadedModel, requested: string | undefined): void {
     if (requested !== undefined && requested !== model.modelId) {
-      throw new InvalidRequestError(`Model "${requested}" is not loaded (the loaded model is "${model.modelId}").`, { field: "model", param: "model" });
+      throw specError("model", "model", { requested, loaded: model.modelId });
     }
-  }
-
-  /** Turn validated sampling fields + a prompt into everything the decode loop needs. */
-  private resolve(model: LoadedModel, promptIds: number[], s: ParsedSampling, logprobs: boolean, topLogprobs: number, returnTokenIds: boolean): ResolvedRequest {
-    const ctx = model.config.context_window_size;
-    if (promptIds.length === 0) {
-      throw new InvalidRequestError("The prompt is empty after tokenization.", { field: "messages", param: "messages" });
-    }
-    if (promptIds.length > ctx) {
-      throw new ContextWindowExceededError(
-        `The prompt is ${promptIds.length} tokens, more than this model's context window of ${ctx} tokens. ` +
-          `Shorten the conversation (drop old messages) and try again.`,
-        { prompt_tokens: promptIds.length, context_window_size: ctx },
-      );
-    }
-    const d = model.config.sampling;
-    const sampling: SamplingParams = {
-      temperature: s.temperature ?? d.temperature,
-      top_p: s.top_p ?? d.top_p,
-      presence_penalty: s.presence_penalty ?? d.presence_penalty,
-      frequency_penalty: s.frequency_penalty ?? d.frequency_penalty,
-      repetition_penalty: s.repetition_penalty ?? d.repetition_penalty,
-      logit_bias: s.logit_bias.size ? s.logit_bias : undefined,
-    };
-    for (const t of s.logit_bias.keys()) {
-      if (t >= model.config.model_config.vocab_size) {
-        throw new InvalidRequestError(`Invalid key in 'logit_bias': token id ${t} is outside the vocabulary (${model.config.model_config.vocab_size}).`, {
-          field: "logit_bias",
-          param: "logit_bias",
-        });
-      }
-    }
-    return {
-      promptIds,
-      sampling,
-      seed: s.seed ?? randomSeed(),
-      maxTokens: s.max_tokens ?? Number.POSITIVE_INFINITY,
-      stop: s.stop,
-      ignoreEos: s.ignore_eos,
-      logprobs,
-      topLogprobs,
-      returnTokenIds,
-    };
   }
 
   private encodePrompt(model: LoadedModel, text: string): number[] {
@@ -909,151 +918,134 @@ export class Engine implements EngineInterface {
   }
 
   /**
-   * The decode loop. Yields text deltas as they become final; returns finish reason and usage.
-   * Holds the engine mutex for its whole run (requests are served one at a time).
+   * One choice: prefill, then the decode loop. Yields text deltas as they become final; returns
+   * the finish reason and timings. Holds the engine mutex for its whole run (one at a time).
    */
-  private async *generate(model: LoadedModel, req: ResolvedRequest): AsyncGenerator<GenerationStep, GenerationResult> {
+  private async *generate(model: LoadedModel, plan: RequestPlan, choice: Choice): AsyncGenerator<GenerationStep, GenerationResult> {
     const release = await this.mutex.acquire();
-    const gen = { interrupted: false };
-    this.generation = gen;
+    this.generation = plan.control;
     try {
       if (this.model !== model) throw new EngineNotLoadedError("The model was unloaded or replaced before this request ran.");
       this.requireModel();
-      const { backend, config, tokenizer } = model;
-      const ctx = config.context_window_size;
-      const chunk = config.prefill_chunk_size;
-      const window = config.sliding_window_size;
-      const eos = new Set(config.eos_token_ids);
       const t0 = now();
-
-      // Reuse the KV cache for the prefix this prompt shares with what is already cached
-      // (multi-turn chat resends the whole history). At least one token is always prefilled,
-      // since its logits are needed. A null kvTokens means a forward failed midway: the cache
-      // content is unknown, so start over. Sliding-window models roll back like any other: their
-      // cache keeps every token.
-      const cached = this.kvTokens ?? [];
-      let keep = this.kvTokens ? commonPrefixLength(cached, req.promptIds) : 0;
-      if (keep === req.promptIds.length) keep -= 1;
-      if (this.kvTokens === null || keep < cached.length) {
-        if (keep === 0 || !backend.popN(cached.length - keep)) {
-          backend.reset();
-          keep = 0;
-        }
-        this.kvTokens = req.promptIds.slice(0, keep);
-      }
-      const toPrefill = req.promptIds.slice(keep);
-
-      let logits: Float32Array | null = null;
-      try {
-        let i = 0;
-        while (i < toPrefill.length) {
-          const before = this.kvTokens!.length;
-          const piece = toPrefill.slice(i, i + prefillChunkLength(before, chunk, window));
-          i += piece.length;
-          this.kvTokens = null; // unknown until the forward returns
-          logits = await backend.prefill(piece, i >= toPrefill.length);
-          this.kvTokens = req.promptIds.slice(0, before + piece.length);
-        }
-      } catch (e) {
-        throw this.wrapRuntimeError(e);
-      }
+      if (plan.control.interrupted) return finished("abort", [], t0, { prefillTokens: 0, prefillS: 0, decodeSteps: 0, decodeS: 0, firstTokenS: 0 });
+      const { logits, prefilled } = await this.prefillPrompt(model, choice.promptIds);
       const tPrefill = now();
-
-      const sampler = new Sampler(req.sampling, req.seed);
-      const detok = new StreamingDetokenizer(tokenizer);
-      const stopper = new StopMatcher(req.stop);
-      const context = req.promptIds.slice();
-      let completionTokens = 0;
-      let decodeSteps = 0;
-      let finishReason: FinishReason | undefined;
-      let tFirst = tPrefill;
-      let pendingLogprobs: ChatCompletionTokenLogprob[] = [];
-      const generated: number[] = [];
-      let sentIds = 0;
-      const takeIds = (): number[] => {
-        const out = generated.slice(sentIds);
-        sentIds = generated.length;
-        return out;
+      const run = yield* this.decodeLoop(model, plan, choice, logits);
+      this.lastStats = {
+        prefillTokensPerS: tPrefill > t0 ? prefilled / ((tPrefill - t0) / 1000) : 0,
+        decodeTokensPerS: run.decodeS > 0 && run.decodeSteps > 0 ? run.decodeSteps / run.decodeS : 0,
+        prefillTokens: prefilled,
+        decodeTokens: run.decodeSteps,
       };
-      // Ending without a stop string: release what the detokenizer and the matcher held back
-      // (unless that very text completes a stop string).
-      const flushTail = (): string => {
-        const r = stopper.push(detok.flush());
-        return r.stopped ? r.emit : r.emit + stopper.flush();
-      };
+      const timing = { prefillTokens: prefilled, prefillS: (tPrefill - t0) / 1000, decodeSteps: run.decodeSteps, decodeS: run.decodeS, firstTokenS: (run.tFirst - t0) / 1000 };
+      return finished(run.finishReason, run.ids, t0, timing);
+    } finally {
+      if (this.generation === plan.control) this.generation = undefined;
+      release();
+    }
+  }
 
-      while (finishReason === undefined) {
-        if (!logits) throw new Error("internal: no logits");
-        if (req.ignoreEos) for (const e of eos) if (e < logits.length) logits[e] = Number.NEGATIVE_INFINITY;
-        sampler.process(logits, context);
-        const token = sampler.pick(logits);
-        sampler.accept(token);
-        if (req.logprobs) pendingLogprobs.push(tokenLogprob(tokenizer, logits, token, req.topLogprobs));
-        completionTokens++;
-        if (completionTokens === 1) tFirst = now();
-        context.push(token);
-        generated.push(token);
+  /**
+   * Prefill `promptIds`, reusing the KV cache for the prefix it shares with what is already
+   * cached (multi-turn chat resends the whole history). At least one token is always prefilled,
+   * since its logits are needed. A null kvTokens means a forward failed midway: the cache content
+   * is unknown, so start over. Sliding-window models roll back like any other: their cache keeps
+   * every token; prefillChunkLength applies their chunk rule.
+   */
+  private async prefillPrompt(model: LoadedModel, promptIds: number[]): Promise<{ logits: Float32Array; prefilled: number }> {
+    const { backend, config } = model;
+    const cached = this.kvTokens ?? [];
+    let keep = this.kvTokens ? commonPrefixLength(cached, promptIds) : 0;
+    if (keep === promptIds.length) keep -= 1;
+    if (this.kvTokens === null || keep < cached.length) {
+      if (keep === 0 || !backend.popN(cached.length - keep)) {
+        backend.reset();
+        keep = 0;
+      }
+      this.kvTokens = promptIds.slice(0, keep);
+    }
+    const toPrefill = promptIds.slice(keep);
+    let logits: Float32Array | null = null;
+    try {
+      for (let i = 0; i < toPrefill.length; ) {
+        const before = this.kvTokens!.length;
+        const piece = toPrefill.slice(i, i + prefillChunkLength(before, config.prefill_chunk_size, config.sliding_window_size));
+        i += piece.length;
+        this.kvTokens = null; // unknown until the forward returns
+        logits = await backend.prefill(piece, i >= toPrefill.length);
+        this.kvTokens = promptIds.slice(0, before + piece.length);
+      }
+    } catch (e) {
+      throw this.wrapRuntimeError(e);
+    }
+    if (!logits) throw new Error("internal: no logits");
+    return { logits, prefilled: toPrefill.length };
+  }
 
-        let text: string;
-        if (eos.has(token) && !req.ignoreEos) {
-          finishReason = "stop";
-          if (req.logprobs) pendingLogprobs.pop(); // EOS is not part of the content
-          text = flushTail();
-        } else {
-          const r = stopper.push(detok.push(token));
-          text = r.emit;
-          if (r.stopped) finishReason = "stop";
-        }
-        if (finishReason === undefined) {
-          // context = prompt + generated; feeding the newest token would make the cache exceed it.
-          if (completionTokens >= req.maxTokens || context.length >= ctx) finishReason = "length";
-          else if (gen.interrupted) finishReason = "abort";
-          if (finishReason !== undefined) text += flushTail();
-        }
-        if (text || pendingLogprobs.length) {
-          yield { text, logprobs: pendingLogprobs, tokenIds: takeIds() };
-          pendingLogprobs = [];
-        }
-        if (finishReason !== undefined) break;
-        try {
-          this.kvTokens = null;
-          logits = await backend.decode(token);
-          decodeSteps++;
-          this.kvTokens = context.slice();
-        } catch (e) {
-          throw this.wrapRuntimeError(e);
-        }
-        // The consumer may have interrupted while we awaited the GPU.
-        if (gen.interrupted) {
-          finishReason = "abort";
-          const tail = flushTail();
-          if (tail) yield { text: tail, logprobs: [], tokenIds: takeIds() };
+  /**
+   * Sample, detokenize, match stop strings, decode: request_spec.json's EOS, stop and context
+   * rules, as the native engine's _EngineCore._step applies them.
+   */
+  private async *decodeLoop(model: LoadedModel, plan: RequestPlan, choice: Choice, first: Float32Array): AsyncGenerator<GenerationStep, DecodeRun> {
+    const { backend, config, tokenizer } = model;
+    const eos = new Set(config.eos_token_ids);
+    const sampler = new Sampler(choice.sampling, config.model_config.vocab_size, choice.promptIds, config.eos_token_ids, choice.seed);
+    const text = new TextStream(tokenizer, choice.promptIds, choice.stop);
+    const ids: number[] = [];
+    let sent = 0;
+    let tokens: SampledToken[] = [];
+    let finishReason: FinishReason | undefined;
+    let logits = first;
+    let decodeSteps = 0;
+    let tFirst = now();
+    for (;;) {
+      const s = sampler.sample(logits);
+      ids.push(s.tokenId);
+      if (ids.length === 1) tFirst = now();
+      let out: string;
+      if (eos.has(s.tokenId) && !choice.sampling.ignore_eos) {
+        out = text.finish().text; // EOS is not content: no text, no logprobs entry
+        finishReason = "stop";
+      } else {
+        if (plan.logprobs) tokens.push(s);
+        const r = text.push(s.tokenId);
+        out = r.text;
+        if (r.stopped) finishReason = "stop";
+        else if (ids.length >= choice.maxNew || plan.control.interrupted) {
+          const tail = text.finish();
+          out += tail.text;
+          finishReason = tail.stopped ? "stop" : ids.length >= choice.maxNew ? "length" : "abort";
         }
       }
+      if (out || tokens.length) {
+        yield { text: out, tokens, tokenIds: ids.slice(sent) };
+        sent = ids.length;
+        tokens = [];
+      }
+      if (finishReason !== undefined) break;
+      logits = await this.decodeOne(backend, ids, choice.promptIds);
+      decodeSteps++;
+      // The consumer may have interrupted while we awaited the GPU.
+      if (plan.control.interrupted) {
+        finishReason = "abort";
+        const tail = text.finish().text;
+        if (tail) yield { text: tail, tokens: [], tokenIds: ids.slice(sent) };
+        break;
+      }
+    }
+    return { finishReason: finishReason!, ids, decodeSteps, decodeS: (now() - tFirst) / 1000, tFirst };
+  }
 
-      const tEnd = now();
-      const prefillS = (tPrefill - t0) / 1000;
-      const decodeS = (tEnd - tFirst) / 1000;
-      const prefillTps = prefillS > 0 ? toPrefill.length / prefillS : 0;
-      const decodeTps = decodeS > 0 && decodeSteps > 0 ? decodeSteps / decodeS : 0;
-      this.lastStats = { prefillTokensPerS: prefillTps, decodeTokensPerS: decodeTps, prefillTokens: toPrefill.length, decodeTokens: decodeSteps };
-      const usage: CompletionUsage = {
-        prompt_tokens: req.promptIds.length,
-        completion_tokens: completionTokens,
-        total_tokens: req.promptIds.length + completionTokens,
-        prefill_tokens_per_s: prefillTps,
-        decode_tokens_per_s: decodeTps,
-        extra: {
-          prefill_tokens_per_s: prefillTps,
-          decode_tokens_per_s: decodeTps,
-          time_to_first_token_s: (tFirst - t0) / 1000,
-          e2e_latency_s: (tEnd - t0) / 1000,
-        },
-      };
-      return { finishReason: finishReason!, promptTokens: req.promptIds.length, completionTokens, usage, completionIds: generated };
-    } finally {
-      if (this.generation === gen) this.generation = undefined;
-      release();
+  /** Feed the newest generated token; the KV cache then holds prompt + generated. */
+  private async decodeOne(backend: ForwardBackend, ids: number[], promptIds: number[]): Promise<Float32Array> {
+    try {
+      this.kvTokens = null;
+      const logits = await backend.decode(ids[ids.length - 1]!);
+      this.kvTokens = [...promptIds, ...ids];
+      return logits;
+    } catch (e) {
+      throw this.wrapRuntimeError(e);
     }
   }
 
@@ -1071,63 +1063,70 @@ export class Engine implements EngineInterface {
     const model = this.requireModel();
     this.checkModelField(model, parsed.model);
     const prompt = model.template.render(parsed.messages);
-    const req = this.resolve(model, this.encodePrompt(model, prompt), parsed.sampling, parsed.logprobs, parsed.topLogprobs, parsed.returnTokenIds);
-    const id = randomId("chatcmpl-");
-    const created = Math.floor(Date.now() / 1000);
+    const plan = planRequest(model, "chat", [this.encodePrompt(model, prompt)], parsed, parsed.sampling.logprobs);
+    const meta = { id: randomId(SPEC.endpoints.chat.id_prefix), created: Math.floor(Date.now() / 1000), model: model.modelId };
+    if (!parsed.stream) return this.completeChat(model, plan, meta);
+    return this.streamChat(model, plan, meta, parsed.includeUsage);
+  }
 
-    if (!parsed.stream) {
-      let content = "";
-      const lp: ChatCompletionTokenLogprob[] = [];
-      const it = this.generate(model, req);
-      let r = await it.next();
-      while (!r.done) {
-        content += r.value.text;
-        lp.push(...r.value.logprobs);
-        r = await it.next();
-      }
-      const result: ChatCompletion = {
-        id,
-        object: "chat.completion",
-        created,
-        model: model.modelId,
-        choices: [{ index: 0, message: { role: "assistant", content }, finish_reason: r.value.finishReason, logprobs: req.logprobs ? { content: lp } : null }],
-        usage: r.value.usage,
-      };
-      if (req.returnTokenIds) {
-        result.prompt_token_ids = req.promptIds.slice();
-        result.choices[0]!.token_ids = r.value.completionIds;
-      }
-      return result;
+  /** Run one choice to its end, collecting its text and logprob tokens. */
+  private async collect(model: LoadedModel, plan: RequestPlan, choice: Choice): Promise<{ text: string; tokens: SampledToken[]; result: GenerationResult }> {
+    let text = "";
+    const tokens: SampledToken[] = [];
+    const it = this.generate(model, plan, choice);
+    let r = await it.next();
+    while (!r.done) {
+      text += r.value.text;
+      tokens.push(...r.value.tokens);
+      r = await it.next();
     }
+    return { text, tokens, result: r.value };
+  }
 
-    const includeUsage = parsed.includeUsage;
-    const modelId = model.modelId;
-    const self = this;
-    async function* stream(): AsyncGenerator<ChatCompletionChunk> {
-      const base = { id, object: "chat.completion.chunk" as const, created, model: modelId };
-      const withUsage = (c: ChatCompletionChunk): ChatCompletionChunk => (includeUsage ? { ...c, usage: null } : c);
-      const ids = new StreamedIds(req);
-      const first: ChatCompletionChunk = { ...base, choices: [{ index: 0, delta: { role: "assistant", content: "" }, finish_reason: null, logprobs: null }] };
-      if (ids.takePrompt()) first.prompt_token_ids = req.promptIds.slice();
+  private async completeChat(model: LoadedModel, plan: RequestPlan, meta: ResponseMeta): Promise<ChatCompletion> {
+    const choices: ChatCompletion["choices"] = [];
+    const results: GenerationResult[] = [];
+    for (const c of plan.choices) {
+      const { text, tokens, result } = await this.collect(model, plan, c);
+      results.push(result);
+      const logprobs = plan.logprobs ? { content: tokens.map((t) => chatLogprob(model.tokenizer, t)) } : null;
+      choices.push({ index: c.index, message: { role: "assistant", content: text }, finish_reason: result.finishReason, logprobs, ...idsOf(plan, result.completionIds) });
+    }
+    const out: ChatCompletion = { ...meta, object: "chat.completion", choices, usage: usageOf(plan, results) };
+    if (plan.returnTokenIds) out.prompt_token_ids = plan.prompts[0]!.slice();
+    return out;
+  }
+
+  private async *streamChat(model: LoadedModel, plan: RequestPlan, meta: ResponseMeta, includeUsage: boolean): AsyncGenerator<ChatCompletionChunk> {
+    const base = { ...meta, object: "chat.completion.chunk" as const };
+    const withUsage = (c: ChatCompletionChunk): ChatCompletionChunk => (includeUsage ? { ...c, usage: null } : c);
+    // Every choice opens with a role-only delta, as OpenAI's streams (and the native engine's) do.
+    for (const c of plan.choices) {
+      const first: ChatCompletionChunk = { ...base, choices: [{ index: c.index, delta: { role: "assistant", content: "" }, finish_reason: null, logprobs: null }] };
+      if (plan.returnTokenIds && c === plan.choices[0]) first.prompt_token_ids = plan.prompts[0]!.slice();
       yield withUsage(first);
-      const it = self.generate(model, req);
+    }
+    const results: GenerationResult[] = [];
+    for (const c of plan.choices) {
+      const it = this.generate(model, plan, c);
       try {
+        let sent = 0;
         let r = await it.next();
         while (!r.done) {
-          yield withUsage({
-            ...base,
-            choices: [{ index: 0, delta: { content: r.value.text }, finish_reason: null, logprobs: req.logprobs ? { content: r.value.logprobs } : null, ...ids.step(r.value.tokenIds) }],
-          });
+          sent += r.value.tokenIds.length;
+          const logprobs = plan.logprobs ? { content: r.value.tokens.map((t) => chatLogprob(model.tokenizer, t)) } : null;
+          yield withUsage({ ...base, choices: [{ index: c.index, delta: { content: r.value.text }, finish_reason: null, logprobs, ...idsOf(plan, r.value.tokenIds) }] });
           r = await it.next();
         }
-        yield withUsage({ ...base, choices: [{ index: 0, delta: {}, finish_reason: r.value.finishReason, logprobs: null, ...ids.rest(r.value.completionIds) }] });
-        if (includeUsage) yield { ...base, choices: [], usage: r.value.usage };
+        results.push(r.value);
+        const rest = idsOf(plan, r.value.completionIds.slice(sent));
+        yield withUsage({ ...base, choices: [{ index: c.index, delta: {}, finish_reason: r.value.finishReason, logprobs: null, ...rest }] });
       } finally {
         // A consumer that stops iterating early must not leave the generation holding the lock.
         await it.return?.(undefined as never);
       }
     }
-    return stream();
+    if (includeUsage) yield { ...base, choices: [], usage: usageOf(plan, results) };
   }
 
   // -- completions.create (raw prompt, no chat template) --------------------------------------
@@ -1136,113 +1135,192 @@ export class Engine implements EngineInterface {
     const parsed = parseCompletionRequest(request);
     const model = this.requireModel();
     this.checkModelField(model, parsed.model);
-    let promptIds: number[];
-    let promptText: string;
-    if (typeof parsed.prompt === "string") {
-      promptText = parsed.prompt;
-      promptIds = this.encodePrompt(model, parsed.prompt);
-    } else {
-      promptIds = parsed.prompt.slice();
-      const vocab = model.config.model_config.vocab_size;
-      const badIdx = promptIds.findIndex((t) => t >= vocab);
-      if (badIdx >= 0) throw new InvalidRequestError(`Invalid 'prompt[${badIdx}]': token id ${promptIds[badIdx]} is outside the vocabulary (${vocab}).`, { field: `prompt[${badIdx}]`, param: "prompt" });
-      promptText = model.tokenizer.decode(promptIds);
-    }
-    const req = this.resolve(model, promptIds, parsed.sampling, false, 0, parsed.returnTokenIds);
-    const id = randomId("cmpl-");
-    const created = Math.floor(Date.now() / 1000);
-    const echo = parsed.echo ? promptText : "";
+    const prompts = parsed.prompts.map((p) => (typeof p === "string" ? this.encodePrompt(model, p) : p.slice()));
+    const plan = planRequest(model, "completion", prompts, parsed, parsed.logprobs !== undefined);
+    // echo: the prompt as given, or the decoded ids (as the native engine does).
+    const echo = parsed.echo ? parsed.prompts.map((p) => (typeof p === "string" ? p : model.tokenizer.decode(p))) : null;
+    const meta = { id: randomId(SPEC.endpoints.completion.id_prefix), created: Math.floor(Date.now() / 1000), model: model.modelId };
+    if (!parsed.stream) return this.completeText(model, plan, meta, echo);
+    return this.streamText(model, plan, meta, echo, parsed.includeUsage);
+  }
 
-    if (!parsed.stream) {
-      let text = echo;
-      const it = this.generate(model, req);
-      let r = await it.next();
-      while (!r.done) {
-        text += r.value.text;
-        r = await it.next();
-      }
-      const result: Completion = {
-        id,
-        object: "text_completion",
-        created,
-        model: model.modelId,
-        choices: [{ index: 0, text, finish_reason: r.value.finishReason, logprobs: null }],
-        usage: r.value.usage,
-      };
-      if (req.returnTokenIds) {
-        result.prompt_token_ids = req.promptIds.slice();
-        result.choices[0]!.token_ids = r.value.completionIds;
-      }
-      return result;
+  private async completeText(model: LoadedModel, plan: RequestPlan, meta: ResponseMeta, echo: string[] | null): Promise<Completion> {
+    const choices: Completion["choices"] = [];
+    const results: GenerationResult[] = [];
+    for (const c of plan.choices) {
+      const { text, tokens, result } = await this.collect(model, plan, c);
+      results.push(result);
+      const head = echo ? echo[promptOf(plan, c)]! : "";
+      const logprobs = plan.logprobs ? completionLogprobs(model.tokenizer, tokens, codePoints(head)) : null;
+      choices.push({ index: c.index, text: head + text, finish_reason: result.finishReason, logprobs, ...idsOf(plan, result.completionIds) });
     }
-    const includeUsage = parsed.includeUsage;
-    const self = this;
-    async function* stream(): AsyncGenerator<Completion> {
-      const base = { id, object: "text_completion" as const, created, model: model.modelId };
-      const ids = new StreamedIds(req);
-      // prompt_token_ids ride on the first chunk only.
-      const withPrompt = (c: Completion): Completion => (ids.takePrompt() ? { ...c, prompt_token_ids: req.promptIds.slice() } : c);
-      const it = self.generate(model, req);
+    const out: Completion = { ...meta, object: "text_completion", choices, usage: usageOf(plan, results) };
+    if (plan.returnTokenIds) out.prompt_token_ids = promptIdsField(plan);
+    return out;
+  }
+
+  private async *streamText(model: LoadedModel, plan: RequestPlan, meta: ResponseMeta, echo: string[] | null, includeUsage: boolean): AsyncGenerator<Completion> {
+    const base = { ...meta, object: "text_completion" as const };
+    let promptPending = plan.returnTokenIds;
+    // prompt_token_ids ride on the first chunk only.
+    const withPrompt = (c: Completion): Completion => {
+      if (!promptPending) return c;
+      promptPending = false;
+      return { ...c, prompt_token_ids: promptIdsField(plan) };
+    };
+    if (echo) for (const c of plan.choices) yield withPrompt({ ...base, choices: [{ index: c.index, text: echo[promptOf(plan, c)]!, finish_reason: null, logprobs: null }] });
+    const results: GenerationResult[] = [];
+    for (const c of plan.choices) {
+      const it = this.generate(model, plan, c);
       try {
-        if (echo) yield withPrompt({ ...base, choices: [{ index: 0, text: echo, finish_reason: null, logprobs: null }] });
+        let sent = 0;
+        let offset = 0; // the native engine's streamed offsets count the generated text only
         let r = await it.next();
         while (!r.done) {
-          yield withPrompt({ ...base, choices: [{ index: 0, text: r.value.text, finish_reason: null, logprobs: null, ...ids.step(r.value.tokenIds) }] });
+          sent += r.value.tokenIds.length;
+          const logprobs = plan.logprobs ? completionLogprobs(model.tokenizer, r.value.tokens, offset) : null;
+          offset += codePoints(r.value.text);
+          yield withPrompt({ ...base, choices: [{ index: c.index, text: r.value.text, finish_reason: null, logprobs, ...idsOf(plan, r.value.tokenIds) }] });
           r = await it.next();
         }
-        yield withPrompt({ ...base, choices: [{ index: 0, text: "", finish_reason: r.value.finishReason, logprobs: null, ...ids.rest(r.value.completionIds) }] });
-        if (includeUsage) yield { ...base, choices: [], usage: r.value.usage };
+        results.push(r.value);
+        const rest = idsOf(plan, r.value.completionIds.slice(sent));
+        yield withPrompt({ ...base, choices: [{ index: c.index, text: "", finish_reason: r.value.finishReason, logprobs: null, ...rest }] });
       } finally {
         await it.return?.(undefined as never);
       }
     }
-    return stream();
+    if (includeUsage) yield { ...base, choices: [], usage: usageOf(plan, results) };
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request planning and response pieces (the native engine's make_jobs and _Assembler)
+
+interface ResponseMeta {
+  id: string;
+  created: number;
+  model: string;
 }
 
 /**
- * `return_token_ids` in a stream: each content chunk carries the ids of its delta, and the finish
- * chunk whatever the deltas did not (a held-back token, EOS), so the chunks' ids concatenate to
- * every generated id. Spreads to nothing when the request did not ask for ids.
+ * How many tokens each prompt leaves room for (context_window - its length), after
+ * request_spec.json's checks in the native engine's order (its check_prompts): logit_bias ids,
+ * then per prompt: empty, out-of-vocabulary ids, too long.
  */
-class StreamedIds {
-  private sent = 0;
-  private promptPending: boolean;
-  private readonly enabled: boolean;
-
-  constructor(req: ResolvedRequest) {
-    this.enabled = req.returnTokenIds;
-    this.promptPending = req.returnTokenIds;
-  }
-
-  step(ids: number[]): { token_ids?: number[] } {
-    if (!this.enabled) return {};
-    this.sent += ids.length;
-    return { token_ids: ids };
-  }
-
-  rest(all: number[]): { token_ids?: number[] } {
-    if (!this.enabled) return {};
-    const out = all.slice(this.sent);
-    this.sent = all.length;
-    return { token_ids: out };
-  }
-
-  /** True once, for the first chunk, when prompt ids were asked for. */
-  takePrompt(): boolean {
-    const p = this.promptPending;
-    this.promptPending = false;
-    return p;
-  }
+export function checkPrompts(kind: Endpoint, prompts: readonly number[][], biasIds: Iterable<number>, vocabSize: number, contextWindow: number): number[] {
+  for (const t of biasIds) if (t >= vocabSize) throw specError("logit_bias_token", "logit_bias", { token: t, vocab_size: vocabSize });
+  const param = SPEC.context_window.param[kind];
+  return prompts.map((ids) => {
+    if (ids.length === 0) throw specError("prompt_empty", param);
+    const bad = ids.find((t) => t < 0 || t >= vocabSize);
+    if (bad !== undefined) throw specError("prompt_token", "prompt", { token: bad, vocab_size: vocabSize });
+    if (ids.length >= contextWindow) {
+      const [message, code] = errorText("context_length", { context_window: contextWindow, prompt_tokens: ids.length });
+      throw new ContextWindowExceededError(message, { prompt_tokens: ids.length, context_window_size: contextWindow, param, code, type: "invalid_request_error" });
+    }
+    return contextWindow - ids.length;
+  });
 }
 
-function tokenLogprob(tokenizer: TextTokenizer, logits: Float32Array, token: number, k: number): ChatCompletionTokenLogprob {
-  const lp = logSoftmax(logits);
-  const entry = (id: number) => {
-    const s = tokenizer.tokenString(id);
-    return { token: s, logprob: lp[id]!, bytes: Array.from(new TextEncoder().encode(s)) };
+/** Split a checked, tokenized request into choices: choice i of each prompt is seeded seed + i. */
+function planRequest(model: LoadedModel, kind: Endpoint, prompts: number[][], parsed: ParsedChatRequest | ParsedCompletionRequest, logprobs: boolean): RequestPlan {
+  const { config } = model;
+  const s = parsed.sampling;
+  const rooms = checkPrompts(kind, prompts, s.logit_bias.keys(), config.model_config.vocab_size, config.context_window_size);
+  const d = config.sampling;
+  const sampling: SamplingParams = {
+    temperature: s.temperature ?? d.temperature,
+    top_p: s.top_p ?? d.top_p,
+    presence_penalty: s.presence_penalty ?? d.presence_penalty,
+    frequency_penalty: s.frequency_penalty ?? d.frequency_penalty,
+    repetition_penalty: s.repetition_penalty ?? d.repetition_penalty,
+    logit_bias: s.logit_bias,
+    ignore_eos: s.ignore_eos,
+    logprobs,
+    top_logprobs: s.topLogprobs,
   };
-  return { ...entry(token), top_logprobs: topK(lp, k).map(entry) };
+  const choices: Choice[] = [];
+  prompts.forEach((ids, p) => {
+    const maxNew = Math.min(s.max_tokens ?? Number.POSITIVE_INFINITY, rooms[p]!);
+    for (let i = 0; i < parsed.n; i++) {
+      // Unseeded choices each draw a seed from the platform's random source.
+      const seed = s.seed !== undefined ? BigInt(s.seed) + BigInt(i) : randomSeed();
+      choices.push({ index: p * parsed.n + i, promptIds: ids, sampling, seed, maxNew, stop: s.stop });
+    }
+  });
+  return { kind, prompts, choices, logprobs, returnTokenIds: parsed.returnTokenIds, control: { interrupted: false } };
+}
+
+function finished(finishReason: FinishReason, completionIds: number[], t0: number, t: Omit<GenerationResult, "finishReason" | "completionIds" | "totalS">): GenerationResult {
+  return { finishReason, completionIds, ...t, totalS: (now() - t0) / 1000 };
+}
+
+/** The prompt a choice continues (n choices per prompt). */
+function promptOf(plan: RequestPlan, c: Choice): number {
+  return Math.floor(c.index / (plan.choices.length / plan.prompts.length));
+}
+
+/** return_token_ids' prompt_token_ids: the prompt's ids, or a list per prompt when several. */
+function promptIdsField(plan: RequestPlan): number[] | number[][] {
+  return plan.prompts.length === 1 ? plan.prompts[0]!.slice() : plan.prompts.map((p) => p.slice());
+}
+
+/** `token_ids` for a choice or chunk: spreads to nothing when the request did not ask for ids. */
+function idsOf(plan: RequestPlan, ids: number[]): { token_ids?: number[] } {
+  return plan.returnTokenIds ? { token_ids: ids } : {};
+}
+
+/** Length in code points, as the native engine (Python str) counts text offsets. */
+function codePoints(text: string): number {
+  let n = 0;
+  for (const _ of text) n++;
+  return n;
+}
+
+function usageOf(plan: RequestPlan, results: GenerationResult[]): CompletionUsage {
+  const sum = (f: (r: GenerationResult) => number) => results.reduce((a, r) => a + f(r), 0);
+  const promptTokens = plan.prompts.reduce((a, p) => a + p.length, 0);
+  const completionTokens = sum((r) => r.completionIds.length);
+  const prefillS = sum((r) => r.prefillS);
+  const decodeS = sum((r) => r.decodeS);
+  const prefillTps = prefillS > 0 ? sum((r) => r.prefillTokens) / prefillS : 0;
+  const decodeTps = decodeS > 0 ? sum((r) => r.decodeSteps) / decodeS : 0;
+  return {
+    prompt_tokens: promptTokens,
+    completion_tokens: completionTokens,
+    total_tokens: promptTokens + completionTokens,
+    prefill_tokens_per_s: prefillTps,
+    decode_tokens_per_s: decodeTps,
+    extra: {
+      prefill_tokens_per_s: prefillTps,
+      decode_tokens_per_s: decodeTps,
+      time_to_first_token_s: results[0]?.firstTokenS ?? 0,
+      e2e_latency_s: sum((r) => r.totalS),
+    },
+  };
+}
+
+function logprobEntry(tokenizer: TextTokenizer, id: number, logprob: number): TopLogprob {
+  return { token: tokenizer.tokenString(id), logprob, bytes: Array.from(tokenizer.tokenBytes(id)) };
+}
+
+function chatLogprob(tokenizer: TextTokenizer, t: SampledToken): ChatCompletionTokenLogprob {
+  return { ...logprobEntry(tokenizer, t.tokenId, t.logprob), top_logprobs: t.topLogprobs.map(([i, lp]) => logprobEntry(tokenizer, i, lp)) };
+}
+
+/** The completions API's logprobs of `tokens`, whose text starts at code point `offset`. */
+function completionLogprobs(tokenizer: TextTokenizer, tokens: SampledToken[], offset: number): CompletionLogprobs {
+  const out: CompletionLogprobs = { tokens: [], token_logprobs: [], top_logprobs: [], text_offset: [] };
+  for (const t of tokens) {
+    const text = tokenizer.tokenString(t.tokenId);
+    out.tokens.push(text);
+    out.token_logprobs.push(t.logprob);
+    out.top_logprobs.push(Object.fromEntries(t.topLogprobs.map(([i, lp]) => [tokenizer.tokenString(i), lp])));
+    out.text_offset.push(offset);
+    offset += codePoints(text);
+  }
+  return out;
 }
 
 function chatTemplateSpecials(tok: TextTokenizer): Record<string, string | null> {

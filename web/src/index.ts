@@ -12,6 +12,7 @@ export {
   Engine,
   TVMBackend,
   StopMatcher,
+  TextStream,
   hasModelInCache,
   deleteModelFromCache,
   findModel,
@@ -57,7 +58,7 @@ export {
   type ShardEntry,
   type TensorEntry,
 } from "./artifact.js";
-export { Sampler, SeededRng, type SamplingParams } from "./sampling.js";
+export { Sampler, SplitMix64, type SampledToken, type SamplingParams } from "./sampling.js";
 export { TextTokenizer, StreamingDetokenizer } from "./tokenizer.js";
 export { ChatTemplate } from "./template.js";
 

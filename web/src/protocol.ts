@@ -1,12 +1,14 @@
 /**
  * OpenAI chat/completions shapes and request validation.
  *
- * Validation mirrors the native server's (compiler/protocol.py): same accepted fields, same ranges,
- * same wording, and unknown fields are an error rather than silently ignored, so a typo such as
- * `maxTokens` fails loudly instead of quietly running with defaults. Every failure is an
- * InvalidRequestError whose `field` names the offending field ("messages[1].role").
+ * Validation is request_spec.json's (REQUESTS.md), which the native server (compiler/protocol.py)
+ * reads too: same accepted fields, same ranges, same wording, and unknown fields are an error
+ * rather than silently ignored, so a typo such as `maxTokens` fails loudly instead of quietly
+ * running with defaults. Every failure is an InvalidRequestError whose `field` names the
+ * offending field ("messages[1].role").
  */
 import { InvalidRequestError } from "./errors.js";
+import { SPEC, endpointFields, errorText, fieldType, rangeRule, show, typeName, type Endpoint, type FieldSpec } from "./request_spec.js";
 
 // ---------------------------------------------------------------------------------------------
 // Request types
@@ -41,6 +43,7 @@ interface SamplingRequestFields {
   repetition_penalty?: number | null;
   /** token id (as a string key) -> bias in [-100, 100] */
   logit_bias?: Record<string, number> | null;
+  /** Choices per prompt (1-128): generated one after the other, choice i seeded with seed + i. */
   n?: number | null;
   user?: string | null;
   /** Extension: keep generating past EOS (benchmarks). */
@@ -71,9 +74,12 @@ export interface ChatCompletionRequestNonStreaming extends ChatCompletionRequest
 export type ChatCompletionRequest = ChatCompletionRequestStreaming | ChatCompletionRequestNonStreaming;
 
 export interface CompletionRequestBase extends SamplingRequestFields {
-  /** Text, or token ids. */
-  prompt: string | number[];
+  /** Text, token ids, or several prompts (each text or token ids): n choices each. */
+  prompt: string | number[] | Array<string | number[]>;
   echo?: boolean | null;
+  /** How many alternatives per token to report (0-5) in the choice's logprobs. */
+  logprobs?: number | null;
+  best_of?: number | null;
 }
 export interface CompletionRequestStreaming extends CompletionRequestBase {
   stream: true;
@@ -153,15 +159,26 @@ export interface ChatCompletionChunk {
   prompt_token_ids?: number[];
 }
 
+/** The completions API's logprobs: per token its text, logprob, alternatives and text offset. */
+export interface CompletionLogprobs {
+  tokens: string[];
+  token_logprobs: number[];
+  top_logprobs: Array<Record<string, number>>;
+  text_offset: number[];
+}
+
 export interface Completion {
   id: string;
   object: "text_completion";
   created: number;
   model: string;
-  choices: Array<{ index: number; text: string; finish_reason: FinishReason | null; logprobs: null; token_ids?: number[] }>;
+  choices: Array<{ index: number; text: string; finish_reason: FinishReason | null; logprobs: CompletionLogprobs | null; token_ids?: number[] }>;
   usage?: CompletionUsage | null;
-  /** With return_token_ids: on the response (on the first chunk when streaming). */
-  prompt_token_ids?: number[];
+  /**
+   * With return_token_ids: on the response (on the first chunk when streaming); a list per
+   * prompt when the request had several.
+   */
+  prompt_token_ids?: number[] | number[][];
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -179,6 +196,9 @@ export interface ParsedSampling {
   stop: string[];
   logit_bias: Map<number, number>;
   ignore_eos: boolean;
+  /** Report log-probabilities, with the topLogprobs best alternatives. */
+  logprobs: boolean;
+  topLogprobs: number;
 }
 
 export interface ParsedMessage {
@@ -187,42 +207,41 @@ export interface ParsedMessage {
   name?: string;
 }
 
-export interface ParsedChatRequest {
-  messages: ParsedMessage[];
+interface ParsedCommon {
   sampling: ParsedSampling;
+  /** Choices per prompt. */
+  n: number;
   stream: boolean;
   includeUsage: boolean;
   model?: string;
   returnTokenIds: boolean;
-  logprobs: boolean;
-  topLogprobs: number;
 }
 
-export interface ParsedCompletionRequest {
-  prompt: string | number[];
-  sampling: ParsedSampling;
-  stream: boolean;
-  includeUsage: boolean;
-  model?: string;
-  returnTokenIds: boolean;
+export interface ParsedChatRequest extends ParsedCommon {
+  messages: ParsedMessage[];
+}
+
+export interface ParsedCompletionRequest extends ParsedCommon {
+  /** Each prompt is text or token ids. */
+  prompts: Array<string | number[]>;
   echo: boolean;
+  /** The completions API's logprobs: how many alternatives per token (undefined: none). */
+  logprobs?: number;
 }
 
 // ---------------------------------------------------------------------------------------------
-// Validation helpers
+// Field checks, driven by request_spec.json (REQUESTS.md); compiler/protocol.py runs the same
+// checks with the same texts. Every failure is an InvalidRequestError whose `field` (= param)
+// names the offending field ("messages[1].role").
 
-function typeName(v: unknown): string {
-  if (v === null) return "null";
-  if (Array.isArray(v)) return "array";
-  return typeof v;
-}
-
-function bad(field: string, message: string, code = "invalid_value"): InvalidRequestError {
-  return new InvalidRequestError(message, { field, param: field, code });
+/** The spec's error `name`, its placeholders filled. */
+export function specError(name: string, param: string | null, values: Record<string, unknown> = {}): InvalidRequestError {
+  const [message, code] = errorText(name, { param, ...values });
+  return new InvalidRequestError(message, { field: param ?? "", param, code, type: "invalid_request_error" });
 }
 
 function badType(field: string, value: unknown, expected: string): InvalidRequestError {
-  return bad(field, `Invalid type for '${field}': expected ${expected}, but got ${typeName(value)}.`, "invalid_type");
+  return specError("bad_type", field, { expected: SPEC.expected[expected] ?? expected, got: typeName(value) });
 }
 
 function isRecord(v: unknown): v is Record<string, unknown> {
@@ -230,250 +249,233 @@ function isRecord(v: unknown): v is Record<string, unknown> {
 }
 
 function num(field: string, v: unknown, lo?: number, hi?: number, loOpen = false): number {
-  if (typeof v !== "number") throw badType(field, v, "a number");
-  if (!Number.isFinite(v)) throw bad(field, `Invalid value for '${field}': it must be a finite number.`);
-  const below = lo !== undefined && (loOpen ? v <= lo : v < lo);
-  const above = hi !== undefined && v > hi;
-  if (below || above) {
-    const rule = hi !== undefined ? `in ${loOpen ? "(" : "["}${lo}, ${hi}]` : `${loOpen ? ">" : ">="} ${lo}`;
-    throw bad(field, `Invalid value for '${field}': ${v} is out of range; it must be ${rule}.`);
+  if (typeof v !== "number") throw badType(field, v, "number");
+  if (!Number.isFinite(v)) throw specError("not_finite", field);
+  if ((lo !== undefined && (loOpen ? v <= lo : v < lo)) || (hi !== undefined && v > hi)) {
+    throw specError("out_of_range", field, { value: v, rule: rangeRule("number", lo, hi, loOpen) });
   }
   return v;
 }
 
 function int(field: string, v: unknown, lo?: number, hi?: number): number {
-  if (typeof v !== "number" || !Number.isInteger(v)) throw badType(field, v, "an integer");
+  if (typeof v !== "number" || !Number.isInteger(v)) throw badType(field, v, "integer");
   if ((lo !== undefined && v < lo) || (hi !== undefined && v > hi)) {
-    const rule = lo !== undefined && hi !== undefined ? `between ${lo} and ${hi}` : lo !== undefined ? `>= ${lo}` : `<= ${hi}`;
-    throw bad(field, `Invalid value for '${field}': ${v} is out of range; it must be ${rule}.`);
+    throw specError("out_of_range", field, { value: v, rule: rangeRule("integer", lo, hi, false) });
   }
   return v;
 }
 
 function bool(field: string, v: unknown): boolean {
-  if (typeof v !== "boolean") throw badType(field, v, "a boolean");
+  if (typeof v !== "boolean") throw badType(field, v, "boolean");
   return v;
 }
 
 function str(field: string, v: unknown): string {
-  if (typeof v !== "string") throw badType(field, v, "a string");
+  if (typeof v !== "string") throw badType(field, v, "string");
   return v;
 }
 
-/** Value of an optional field; null and undefined both mean "not given" (as in OpenAI's API). */
-function opt<T>(body: Record<string, unknown>, field: string, check: (field: string, v: unknown) => T): T | undefined {
-  const v = body[field];
-  return v === undefined || v === null ? undefined : check(field, v);
+/** What a refused feature may still be sent as: nothing (null, false, "", [], {}). */
+function isEmpty(v: unknown): boolean {
+  if (v === null || v === undefined || v === false || v === "") return true;
+  if (Array.isArray(v)) return v.length === 0;
+  return isRecord(v) && Object.keys(v).length === 0;
 }
 
-export const MAX_STOP_STRINGS = 16;
+export const MAX_STOP_STRINGS: number = SPEC.limits.max_stop_strings;
 
 function parseStop(v: unknown): string[] {
-  if (v === undefined || v === null) return [];
   const items = typeof v === "string" ? [v] : v;
-  if (!Array.isArray(items)) throw badType("stop", v, "a string or an array of strings");
-  if (items.length > MAX_STOP_STRINGS) {
-    throw bad("stop", `Invalid 'stop': at most ${MAX_STOP_STRINGS} stop strings are allowed, got ${items.length}.`);
-  }
+  if (!Array.isArray(items)) throw badType("stop", v, "stop");
+  if (items.length > MAX_STOP_STRINGS) throw specError("stop_too_many", "stop", { max: MAX_STOP_STRINGS, count: items.length });
   return items.map((s, i) => {
     str(`stop[${i}]`, s);
-    if (s === "") throw bad(`stop[${i}]`, `Invalid 'stop[${i}]': stop strings must not be empty.`);
+    if (s === "") throw specError("stop_empty", `stop[${i}]`);
     return s as string;
   });
 }
 
 function parseLogitBias(v: unknown): Map<number, number> {
+  if (!isRecord(v)) throw badType("logit_bias", v, "logit_bias");
+  const f = SPEC.fields["logit_bias"]!;
   const out = new Map<number, number>();
-  if (v === undefined || v === null) return out;
-  if (!isRecord(v)) throw badType("logit_bias", v, "an object mapping token ids to biases");
   for (const [key, bias] of Object.entries(v)) {
-    if (!/^\d+$/.test(key)) {
-      throw bad("logit_bias", `Invalid key in 'logit_bias': ${JSON.stringify(key)} is not a token id (a non-negative integer).`);
-    }
-    out.set(Number(key), num(`logit_bias.${key}`, bias, -100, 100));
+    if (!/^[0-9]+$/.test(key)) throw specError("logit_bias_key", "logit_bias", { key: show(key) });
+    out.set(Number(key), num(`logit_bias.${key}`, bias, f.min, f.max));
   }
   return out;
 }
 
-const COMMON_FIELDS = [
-  "model", "stream", "stream_options", "temperature", "top_p", "n", "max_tokens", "stop", "seed",
-  "frequency_penalty", "presence_penalty", "repetition_penalty", "logit_bias", "user", "ignore_eos",
-  "return_token_ids",
-];
-const CHAT_FIELDS = new Set([
-  ...COMMON_FIELDS, "messages", "logprobs", "top_logprobs", "max_completion_tokens", "response_format", "tools",
-  "tool_choice", "parallel_tool_calls", "metadata", "store", "service_tier",
-]);
-const COMPLETION_FIELDS = new Set([...COMMON_FIELDS, "prompt", "echo", "logprobs", "best_of", "suffix"]);
-
-function checkFields(body: unknown, allowed: Set<string>, required: string): Record<string, unknown> {
-  if (!isRecord(body)) throw bad("", `The request must be an object, got ${typeName(body)}.`, "invalid_type");
-  const unknown = Object.keys(body).filter((k) => !allowed.has(k)).sort();
-  if (unknown.length) {
-    throw bad(unknown[0]!, `Unrecognized request argument supplied: ${unknown.join(", ")}.`, "unknown_parameter");
-  }
-  if (body[required] === undefined || body[required] === null) {
-    throw bad(required, `Missing required parameter: '${required}'.`, "missing_required_parameter");
-  }
-  return body;
+/** include_usage of a stream_options object. */
+function parseStreamOptions(v: unknown): boolean {
+  if (!isRecord(v)) throw badType("stream_options", v, "object");
+  const extra = Object.keys(v).filter((k) => !SPEC.stream_options_fields.includes(k)).sort();
+  if (extra.length) throw specError("stream_options_field", `stream_options.${extra[0]}`, { names: extra.join(", ") });
+  const usage = v["include_usage"];
+  return usage === undefined || usage === null ? false : bool("stream_options.include_usage", usage);
 }
 
-function parseCommon(body: Record<string, unknown>): {
-  sampling: ParsedSampling;
-  stream: boolean;
-  includeUsage: boolean;
-  model?: string;
-  returnTokenIds: boolean;
-} {
-  const model = opt(body, "model", str);
-  const stream = opt(body, "stream", bool) ?? false;
-  let includeUsage = false;
-  const so = body["stream_options"];
-  if (so !== undefined && so !== null) {
-    if (!stream) throw bad("stream_options", "Invalid 'stream_options': only allowed when 'stream' is true.");
-    if (!isRecord(so)) throw badType("stream_options", so, "an object");
-    const extra = Object.keys(so).filter((k) => k !== "include_usage" && k !== "continuous_usage_stats").sort();
-    if (extra.length) {
-      throw bad(`stream_options.${extra[0]}`, `Invalid 'stream_options': unrecognized field(s) ${extra.join(", ")}.`);
-    }
-    includeUsage = opt(so, "include_usage", (f, v) => bool(`stream_options.${f}`, v)) ?? false;
-  }
-  const n = opt(body, "n", (f, v) => int(f, v, 1));
-  if (n !== undefined && n !== 1) {
-    throw bad("n", `Invalid value for 'n': ${n}. The browser engine generates one choice per request (n = 1).`);
-  }
-  opt(body, "user", str);
-  const sampling: ParsedSampling = {
-    stop: parseStop(body["stop"]),
-    logit_bias: parseLogitBias(body["logit_bias"]),
-    ignore_eos: opt(body, "ignore_eos", bool) ?? false,
-  };
-  const set = <K extends keyof ParsedSampling>(k: K, v: ParsedSampling[K] | undefined) => {
-    if (v !== undefined) sampling[k] = v;
-  };
-  set("temperature", opt(body, "temperature", (f, v) => num(f, v, 0, 2)));
-  set("top_p", opt(body, "top_p", (f, v) => num(f, v, 0, 1, true)));
-  set("max_tokens", opt(body, "max_tokens", (f, v) => int(f, v, 1)));
-  set("seed", opt(body, "seed", (f, v) => int(f, v)));
-  set("frequency_penalty", opt(body, "frequency_penalty", (f, v) => num(f, v, -2, 2)));
-  set("presence_penalty", opt(body, "presence_penalty", (f, v) => num(f, v, -2, 2)));
-  set("repetition_penalty", opt(body, "repetition_penalty", (f, v) => num(f, v, 0, undefined, true)));
-  const returnTokenIds = opt(body, "return_token_ids", bool) ?? false;
-  const out: { sampling: ParsedSampling; stream: boolean; includeUsage: boolean; model?: string; returnTokenIds: boolean } = {
-    sampling,
-    stream,
-    includeUsage,
-    returnTokenIds,
-  };
-  if (model !== undefined) out.model = model;
-  return out;
+function checkResponseFormat(v: unknown): void {
+  if (!isRecord(v)) throw badType("response_format", v, "object");
+  if (v["type"] !== "text") throw specError("response_format", "response_format.type", { value: show(v["type"]) });
 }
-
-const ROLES: readonly Role[] = ["system", "developer", "user", "assistant", "tool"];
-const MESSAGE_KEYS = new Set(["role", "content", "name", "tool_calls", "tool_call_id", "refusal"]);
 
 function parseContent(field: string, content: unknown, role: string): string {
   if (content === null || content === undefined) {
     if (role === "assistant") return "";
-    throw bad(field, `Invalid '${field}': a ${role} message needs content.`);
+    throw specError("needs_content", field, { role });
   }
   if (typeof content === "string") return content;
-  if (!Array.isArray(content)) throw badType(field, content, "a string or an array of content parts");
+  if (!Array.isArray(content)) throw badType(field, content, "content");
   return content
     .map((part, i) => {
       const pf = `${field}[${i}]`;
-      if (!isRecord(part)) throw badType(pf, part, "an object");
-      if (part["type"] !== "text") {
-        throw bad(`${pf}.type`, `Invalid '${pf}.type': only 'text' content parts are supported by this model, got ${JSON.stringify(part["type"])}.`);
-      }
+      if (!isRecord(part)) throw badType(pf, part, "object");
+      if (part["type"] !== "text") throw specError("content_part", `${pf}.type`, { value: show(part["type"]) });
       return str(`${pf}.text`, part["text"]);
     })
     .join("");
 }
 
-function parseMessages(v: unknown): ParsedMessage[] {
-  if (!Array.isArray(v)) throw badType("messages", v, "an array of messages");
-  if (v.length === 0) {
-    throw bad("messages", "Invalid 'messages': empty array. Expected an array with at least one message.", "empty_array");
+function parseMessage(f: string, msg: unknown): ParsedMessage {
+  if (!isRecord(msg)) throw badType(f, msg, "object");
+  const unknown = Object.keys(msg).filter((k) => !SPEC.message_fields.includes(k)).sort();
+  if (unknown.length) throw specError("message_fields", `${f}.${unknown[0]}`, { names: unknown.map(show).join(", ") });
+  if (!("role" in msg)) throw specError("missing", `${f}.role`);
+  const role = msg["role"];
+  if (typeof role !== "string" || !SPEC.roles.includes(role)) {
+    throw specError("role", `${f}.role`, { value: show(role), roles: SPEC.roles.map(show).join(", ") });
   }
-  return v.map((msg, i) => {
-    const f = `messages[${i}]`;
-    if (!isRecord(msg)) throw badType(f, msg, "an object");
-    const unknown = Object.keys(msg).filter((k) => !MESSAGE_KEYS.has(k)).sort();
-    if (unknown.length) throw bad(`${f}.${unknown[0]}`, `Invalid '${f}': unrecognized field(s) ${unknown.map((k) => `'${k}'`).join(", ")}.`);
-    if (!("role" in msg)) throw bad(`${f}.role`, `Missing required parameter: '${f}.role'.`, "missing_required_parameter");
-    const role = msg["role"];
-    if (typeof role !== "string" || !(ROLES as readonly string[]).includes(role)) {
-      throw bad(`${f}.role`, `Invalid value for '${f}.role': ${JSON.stringify(role)}. Supported values are: ${ROLES.map((r) => `'${r}'`).join(", ")}.`);
-    }
-    const toolCalls = msg["tool_calls"];
-    if (Array.isArray(toolCalls) ? toolCalls.length > 0 : toolCalls) {
-      throw bad(`${f}.tool_calls`, `Invalid '${f}.tool_calls': tool calls are not supported by this engine.`);
-    }
-    const out: ParsedMessage = { role: role as Role, content: parseContent(`${f}.content`, msg["content"], role) };
-    const name = msg["name"];
-    if (name !== undefined && name !== null) out.name = str(`${f}.name`, name);
-    return out;
+  if (!isEmpty(msg["tool_calls"])) throw specError("tool_calls", `${f}.tool_calls`);
+  const out: ParsedMessage = { role: role as Role, content: parseContent(`${f}.content`, msg["content"], role) };
+  const name = msg["name"];
+  if (name !== undefined && name !== null) out.name = str(`${f}.name`, name);
+  return out;
+}
+
+function parseMessages(v: unknown): ParsedMessage[] {
+  if (!Array.isArray(v)) throw badType("messages", v, "messages");
+  if (v.length === 0) throw specError("messages_empty", "messages");
+  return v.map((msg, i) => parseMessage(`messages[${i}]`, msg));
+}
+
+/** OpenAI accepts a string, an array of strings, an array of token ids, or an array of those. */
+function parsePrompts(v: unknown): Array<string | number[]> {
+  if (typeof v === "string") return [v];
+  if (!Array.isArray(v) || v.length === 0) throw specError("prompt", "prompt");
+  if (v.every((x) => typeof x === "number")) return [v.map((x, i) => int(`prompt[${i}]`, x, 0))];
+  return v.map((item: unknown, i) => {
+    if (typeof item === "string") return item;
+    if (Array.isArray(item) && item.length > 0) return item.map((x, j) => int(`prompt[${i}][${j}]`, x, 0));
+    throw specError("prompt_item", `prompt[${i}]`, { got: typeName(item) });
   });
+}
+
+function checkFields(body: unknown, kind: Endpoint): Record<string, unknown> {
+  if (!isRecord(body)) throw specError("not_object", null, { got: typeName(body) });
+  const names = new Set(endpointFields(kind).map(([n]) => n));
+  const unknown = Object.keys(body).filter((k) => !names.has(k)).sort();
+  if (unknown.length) throw specError("unknown_field", unknown[0]!, { names: unknown.join(", ") });
+  const required = SPEC.endpoints[kind].required;
+  if (body[required] === undefined || body[required] === null) throw specError("missing", required);
+  return body;
+}
+
+/** The structured kinds and scalar types of request_spec.json's fields, by name. */
+const KINDS: Record<string, (name: string, v: unknown, f: FieldSpec) => unknown> = {
+  messages: (_n, v) => parseMessages(v),
+  prompt: (_n, v) => parsePrompts(v),
+  stream_options: (_n, v) => parseStreamOptions(v),
+  stop: (_n, v) => parseStop(v),
+  logit_bias: (_n, v) => parseLogitBias(v),
+  response_format: (_n, v) => checkResponseFormat(v),
+  number: (n, v, f) => num(n, v, f.min, f.max, f.min_exclusive ?? false),
+  integer: (n, v, f) => int(n, v, f.min, f.max),
+  boolean: (n, v) => bool(n, v),
+  string: (n, v) => str(n, v),
+  any: (_n, v) => v,
+};
+
+function checkField(kind: Endpoint, name: string, value: unknown, f: FieldSpec): unknown {
+  const t = fieldType(f, kind);
+  if (t === "refused_unless_empty" || t === "tool_choice") {
+    const ok = t === "refused_unless_empty" ? isEmpty(value) : (f.values ?? []).includes(value as string);
+    if (!ok) throw specError("refused", name, { what: SPEC.refused[name] });
+    return undefined;
+  }
+  const check = KINDS[t];
+  if (!check) throw new Error(`request_spec.json: field ${name} has an unknown type "${t}"`);
+  return check(name, value, f);
+}
+
+/** One of request_spec.json's cross-field rules. */
+function checkRule(rule: string, kind: Endpoint, v: Map<string, unknown>): void {
+  if (rule === "stream_options_need_stream" && v.has("stream_options") && !v.get("stream")) {
+    throw specError("stream_options_without_stream", "stream_options");
+  }
+  if (rule === "max_tokens_once" && v.has("max_tokens") && v.has("max_completion_tokens")) throw specError("max_tokens_twice", "max_completion_tokens");
+  if (rule === "top_logprobs_need_logprobs" && v.has("top_logprobs") && kind === "chat" && !v.get("logprobs")) {
+    throw specError("top_logprobs_without_logprobs", "top_logprobs");
+  }
+  if (rule === "echo_without_logprobs" && kind === "completion" && v.has("logprobs") && v.get("echo")) throw specError("echo_with_logprobs", "logprobs");
+  if (rule === "best_of_is_n" && v.has("best_of") && v.get("best_of") !== (v.get("n") ?? SPEC.fields["n"]!.default)) throw specError("best_of", "best_of");
+}
+
+/**
+ * Every given field of a `kind` body, checked in the spec's order, then the spec's cross-field
+ * rules: field -> checked value. null and undefined both mean "not given" (as in OpenAI's API).
+ */
+export function checkRequest(kind: Endpoint, body: unknown): Map<string, unknown> {
+  const b = checkFields(body, kind);
+  const values = new Map<string, unknown>();
+  for (const [name, f] of endpointFields(kind)) {
+    if (b[name] !== undefined && b[name] !== null) values.set(name, checkField(kind, name, b[name], f));
+  }
+  for (const rule of SPEC.rules) checkRule(rule, kind, values);
+  return values;
+}
+
+function parseCommon(kind: Endpoint, v: Map<string, unknown>): ParsedCommon {
+  const get = <T>(name: string): T | undefined => v.get(name) as T | undefined;
+  const logprobs = get<boolean | number>("logprobs");
+  const sampling: ParsedSampling = {
+    stop: get<string[]>("stop") ?? [],
+    logit_bias: get<Map<number, number>>("logit_bias") ?? new Map(),
+    ignore_eos: get<boolean>("ignore_eos") ?? false,
+    // chat: logprobs is a switch and top_logprobs a count; completions: logprobs is the count
+    logprobs: kind === "chat" ? logprobs === true : logprobs !== undefined,
+    topLogprobs: kind === "chat" ? (get<number>("top_logprobs") ?? 0) : ((logprobs as number | undefined) ?? 0),
+  };
+  const maxDefault = SPEC.fields["max_tokens"]!.default as Record<Endpoint, number | null>;
+  const maxTokens = get<number>("max_tokens") ?? get<number>("max_completion_tokens") ?? maxDefault[kind] ?? undefined;
+  if (maxTokens !== undefined) sampling.max_tokens = maxTokens;
+  for (const k of ["temperature", "top_p", "frequency_penalty", "presence_penalty", "repetition_penalty", "seed"] as const) {
+    const x = get<number>(k);
+    if (x !== undefined) sampling[k] = x;
+  }
+  const out: ParsedCommon = {
+    sampling,
+    n: get<number>("n") ?? 1,
+    stream: get<boolean>("stream") ?? false,
+    includeUsage: get<boolean>("stream_options") ?? false,
+    returnTokenIds: get<boolean>("return_token_ids") ?? false,
+  };
+  const model = get<string>("model");
+  if (model !== undefined) out.model = model;
+  return out;
 }
 
 /** Validate a chat completion request; throws InvalidRequestError naming the bad field. */
 export function parseChatRequest(body: unknown): ParsedChatRequest {
-  const b = checkFields(body, CHAT_FIELDS, "messages");
-  const common = parseCommon(b);
-  const mct = opt(b, "max_completion_tokens", (f, v) => int(f, v, 1));
-  if (mct !== undefined) {
-    if (common.sampling.max_tokens !== undefined) {
-      throw bad("max_completion_tokens", "Give only one of 'max_tokens' and 'max_completion_tokens'.");
-    }
-    common.sampling.max_tokens = mct;
-  }
-  const logprobs = opt(b, "logprobs", bool) ?? false;
-  const topLogprobs = opt(b, "top_logprobs", (f, v) => int(f, v, 0, 20)) ?? 0;
-  if (b["top_logprobs"] !== undefined && b["top_logprobs"] !== null && !logprobs) {
-    throw bad("top_logprobs", "Invalid 'top_logprobs': 'logprobs' must be set to true when 'top_logprobs' is used.");
-  }
-  const fmt = b["response_format"];
-  if (fmt !== undefined && fmt !== null) {
-    if (!isRecord(fmt)) throw badType("response_format", fmt, "an object");
-    if (fmt["type"] !== "text") {
-      throw bad("response_format.type", `Invalid 'response_format.type': ${JSON.stringify(fmt["type"])} is not supported; only 'text' is.`);
-    }
-  }
-  const tools = b["tools"];
-  if (Array.isArray(tools) ? tools.length > 0 : tools) {
-    throw bad("tools", "Invalid 'tools': function calling is not supported by this engine.");
-  }
-  const tc = b["tool_choice"];
-  if (tc !== undefined && tc !== null && tc !== "none" && tc !== "auto") {
-    throw bad("tool_choice", "Invalid 'tool_choice': function calling is not supported by this engine.");
-  }
-  return { ...common, messages: parseMessages(b["messages"]), logprobs, topLogprobs };
+  const v = checkRequest("chat", body);
+  return { ...parseCommon("chat", v), messages: v.get("messages") as ParsedMessage[] };
 }
 
-/** Validate a (legacy) text completion request. One prompt per request. */
+/** Validate a (legacy) text completion request; max_tokens defaults to 16 as there. */
 export function parseCompletionRequest(body: unknown): ParsedCompletionRequest {
-  const b = checkFields(body, COMPLETION_FIELDS, "prompt");
-  const common = parseCommon(b);
-  // The legacy API's default, as in OpenAI and the native server.
-  if (common.sampling.max_tokens === undefined) common.sampling.max_tokens = 16;
-  const p = b["prompt"];
-  let prompt: string | number[];
-  if (typeof p === "string") {
-    prompt = p;
-  } else if (Array.isArray(p) && p.length > 0 && p.every((x) => typeof x === "number")) {
-    prompt = p.map((x, i) => int(`prompt[${i}]`, x, 0));
-  } else if (Array.isArray(p) && p.length === 1 && typeof p[0] === "string") {
-    prompt = p[0];
-  } else {
-    throw bad("prompt", "Invalid 'prompt': expected a non-empty string or an array of token ids (one prompt per request).");
-  }
-  const echo = opt(b, "echo", bool) ?? false;
-  if (b["logprobs"] !== undefined && b["logprobs"] !== null) {
-    throw bad("logprobs", "Invalid 'logprobs': token log-probabilities are only available in the chat API here.");
-  }
-  const bestOf = opt(b, "best_of", (f, v) => int(f, v, 1));
-  if (bestOf !== undefined && bestOf !== 1) throw bad("best_of", "Invalid 'best_of': only best_of equal to n (1) is supported.");
-  if (b["suffix"]) throw bad("suffix", "Invalid 'suffix': insertion (suffix) is not supported by this model.");
-  return { ...common, prompt, echo };
+  const v = checkRequest("completion", body);
+  const out: ParsedCompletionRequest = { ...parseCommon("completion", v), prompts: v.get("prompt") as Array<string | number[]>, echo: (v.get("echo") as boolean | undefined) ?? false };
+  const logprobs = v.get("logprobs") as number | undefined;
+  if (logprobs !== undefined) out.logprobs = logprobs;
+  return out;
 }

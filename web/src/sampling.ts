@@ -1,15 +1,14 @@
 /**
- * Token sampling on the CPU, from the float32 logits the model returns for the last position.
+ * Token sampling on the CPU, from the float32 logits the model returns for the last position, as
+ * REQUESTS.md and request_spec.json specify it (compiler/sampling.py is this module's twin).
  *
- * Order of operations (matches the native engine and Hugging Face's processors):
- *   1. repetition penalty over every token in the context (prompt + generated), HF style;
- *   2. presence / frequency penalties over generated tokens only (OpenAI semantics);
- *   3. logit_bias (added last, so -100 reliably bans a token whatever the penalties did);
- *   4. temperature 0 -> argmax (greedy); otherwise softmax(logits / T), nucleus (top_p), draw.
- *
- * The random source is a seeded PRNG so `seed` gives reproducible output across runs and across
- * the page/worker boundary (no Math.random anywhere on the sampling path).
+ * `Sampler` runs the spec's processors in the spec's order (`sampling.processors`: ignore_eos,
+ * logit_bias, repetition penalty, frequency/presence penalties, the logprobs point, temperature,
+ * top_p, the draw) in float64, one IEEE operation at a time in the spec's order, with the spec's
+ * exp/log (Math.exp and numpy's exp differ in the last bit) and its PRNG (SplitMix64 on BigInt),
+ * so one seed gives the native engine's token stream. No Math.random on the sampling path.
  */
+import { SPEC } from "./request_spec.js";
 
 export interface SamplingParams {
   temperature: number;
@@ -19,257 +18,333 @@ export interface SamplingParams {
   repetition_penalty: number;
   /** token id -> additive bias in [-100, 100] */
   logit_bias?: ReadonlyMap<number, number> | undefined;
+  /** Mask EOS (processor ignore_eos). */
+  ignore_eos?: boolean;
+  /** Report log-probabilities (processor logprobs), with the top_logprobs best. */
+  logprobs?: boolean;
+  top_logprobs?: number;
 }
 
 /** Temperatures below this are treated as 0 (greedy): dividing by ~0 only produces inf/NaN. */
-export const GREEDY_TEMPERATURE = 1e-5;
+export const GREEDY_TEMPERATURE: number = SPEC.sampling.greedy_below_temperature;
+/** The processors that only transform logits (what `Sampler.process` runs, in the spec's order). */
+export const LOGIT_PROCESSORS: readonly string[] = ["ignore_eos", "logit_bias", "repetition_penalty", "frequency_presence_penalty"];
 
-/**
- * xoshiro128** seeded through splitmix32: small, fast, good statistical quality, and fully
- * determined by a 53-bit integer seed (JS numbers), which is what an OpenAI `seed` can hold.
- */
-export class SeededRng {
-  private s0: number;
-  private s1: number;
-  private s2: number;
-  private s3: number;
+// ---------------------------------------------------------------------------------------------
+// The spec's arithmetic: PRNG, exp, log, sums
 
-  constructor(seed: number) {
-    // Fold the high bits in so seeds that differ only above 2^32 still give different streams.
-    const lo = seed >>> 0;
-    const hi = Math.floor(Math.abs(seed) / 4294967296) >>> 0;
-    let x = (lo ^ Math.imul(hi, 0x9e3779b9) ^ (seed < 0 ? 0x5bd1e995 : 0)) >>> 0;
-    const split = (): number => {
-      x = (x + 0x9e3779b9) >>> 0;
-      let z = x;
-      z = Math.imul(z ^ (z >>> 16), 0x85ebca6b) >>> 0;
-      z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35) >>> 0;
-      return (z ^ (z >>> 16)) >>> 0;
-    };
-    this.s0 = split();
-    this.s1 = split();
-    this.s2 = split();
-    this.s3 = split();
-    if ((this.s0 | this.s1 | this.s2 | this.s3) === 0) this.s0 = 1; // all-zero state is a fixed point
+const PRNG = SPEC.sampling.prng;
+const GAMMA = BigInt(PRNG.gamma);
+const MIX1 = BigInt(PRNG.mix1);
+const MIX2 = BigInt(PRNG.mix2);
+const FLOAT_SHIFT = BigInt(64 - PRNG.float_bits);
+const FLOAT_SCALE = 2 ** -PRNG.float_bits; // a power of two: exact
+
+/** The request PRNG: SplitMix64 on BigInt, mod 2^64 (the Python engine uses masked ints). */
+export class SplitMix64 {
+  private state: bigint;
+
+  constructor(seed: bigint | number) {
+    this.state = BigInt.asUintN(64, BigInt(seed)); // two's complement for a negative seed
   }
 
-  /** Next 32-bit unsigned integer. */
-  nextU32(): number {
-    const result = Math.imul(rotl(Math.imul(this.s1, 5) >>> 0, 7), 9) >>> 0;
-    const t = (this.s1 << 9) >>> 0;
-    this.s2 = (this.s2 ^ this.s0) >>> 0;
-    this.s3 = (this.s3 ^ this.s1) >>> 0;
-    this.s1 = (this.s1 ^ this.s2) >>> 0;
-    this.s0 = (this.s0 ^ this.s3) >>> 0;
-    this.s2 = (this.s2 ^ t) >>> 0;
-    this.s3 = rotl(this.s3, 11);
-    return result;
+  nextU64(): bigint {
+    this.state = BigInt.asUintN(64, this.state + GAMMA);
+    let z = this.state;
+    z = BigInt.asUintN(64, (z ^ (z >> 30n)) * MIX1);
+    z = BigInt.asUintN(64, (z ^ (z >> 27n)) * MIX2);
+    return z ^ (z >> 31n);
   }
 
-  /** Uniform float in [0, 1) with 53 bits of randomness. */
+  /** Uniform in [0, 1): the top 53 bits, scaled exactly. */
   nextFloat(): number {
-    const a = this.nextU32() >>> 5; // 27 bits
-    const b = this.nextU32() >>> 6; // 26 bits
-    return (a * 67108864 + b) / 9007199254740992;
+    return Number(this.nextU64() >> FLOAT_SHIFT) * FLOAT_SCALE;
   }
 }
 
-function rotl(x: number, k: number): number {
-  return ((x << k) | (x >>> (32 - k))) >>> 0;
-}
-
-/** A seed for requests that give none: unpredictable, but still one number so a run can be logged. */
-export function randomSeed(): number {
+/** A seed for a request that gave none: 64 bits from the platform's random source. */
+export function randomSeed(): bigint {
   const buf = new Uint32Array(2);
   globalThis.crypto.getRandomValues(buf);
-  return buf[0]! * 2097152 + (buf[1]! >>> 11); // 53 bits
+  return (BigInt(buf[0]!) << 32n) | BigInt(buf[1]!);
 }
 
-/** HF repetition penalty: positive logits are divided, negative multiplied, once per distinct token. */
-export function applyRepetitionPenalty(logits: Float32Array, tokens: Iterable<number>, penalty: number): void {
-  if (penalty === 1) return;
-  const seen = new Set<number>();
-  for (const t of tokens) {
-    if (t < 0 || t >= logits.length || seen.has(t)) continue;
-    seen.add(t);
-    const v = logits[t]!;
-    logits[t] = v > 0 ? v / penalty : v * penalty;
+const EXP = SPEC.sampling.exp;
+const LOG = SPEC.sampling.log;
+/** 1/j! and 1/(2j+1), computed as the Python side computes them (j! is exact below 2^53). */
+const EXP_COEFFS: number[] = [];
+for (let j = 0, f = 1; j <= EXP.terms; j++, f *= j) EXP_COEFFS.push(1 / f);
+const LOG_COEFFS: number[] = Array.from({ length: LOG.terms + 1 }, (_, j) => 1 / (2 * j + 1));
+/** 2^k for k in [-1022, 1023], by exact doubling/halving (Math.pow promises no exactness). */
+const POW2 = new Float64Array(2046);
+POW2[1022] = 1;
+for (let k = 1; k <= 1023; k++) POW2[1022 + k] = POW2[1021 + k]! * 2;
+for (let k = 1; k <= 1022; k++) POW2[1022 - k] = POW2[1023 - k]! * 0.5;
+
+/** exp as the spec defines it (for inputs <= 0 here). */
+export function specExp(x: number): number {
+  if (x < EXP.underflow_below) return 0;
+  const k = Math.floor(x * EXP.inv_ln2 + 0.5);
+  const r = (x - k * EXP.ln2_hi) - k * EXP.ln2_lo;
+  let p = EXP_COEFFS[EXP.terms]!;
+  for (let j = EXP.terms - 1; j >= 0; j--) p = p * r + EXP_COEFFS[j]!;
+  return p * POW2[k + 1022]!;
+}
+
+/** log as the spec defines it, for a softmax total s >= 1. */
+export function specLog(s: number): number {
+  let m = s;
+  let e = 0;
+  // frexp by exact halving/doubling: m in [0.5, 1).
+  while (m >= 1) {
+    m *= 0.5;
+    e++;
   }
-}
-
-/** OpenAI penalties: logit -= presence * [count > 0] + frequency * count. */
-export function applyPresenceFrequencyPenalty(
-  logits: Float32Array,
-  counts: ReadonlyMap<number, number>,
-  presence: number,
-  frequency: number,
-): void {
-  if (presence === 0 && frequency === 0) return;
-  for (const [t, c] of counts) {
-    if (t < 0 || t >= logits.length || c <= 0) continue;
-    logits[t] = logits[t]! - presence - frequency * c;
+  while (m < 0.5) {
+    m *= 2;
+    e--;
   }
-}
-
-export function applyLogitBias(logits: Float32Array, bias: ReadonlyMap<number, number> | undefined): void {
-  if (!bias) return;
-  for (const [t, b] of bias) {
-    if (t >= 0 && t < logits.length) logits[t] = logits[t]! + b;
+  if (m < LOG.sqrt_half) {
+    m *= 2;
+    e--;
   }
+  const z = (m - 1) / (m + 1);
+  const zz = z * z;
+  let q = LOG_COEFFS[LOG.terms]!;
+  for (let j = LOG.terms - 1; j >= 0; j--) q = q * zz + LOG_COEFFS[j]!;
+  return e * EXP.ln2_hi + (e * EXP.ln2_lo + (2 * z) * q);
 }
 
-/** Index of the largest logit; ties go to the lowest index (stable, like numpy/torch argmax). */
-export function argmax(logits: Float32Array): number {
+function maxOf(x: ArrayLike<number>): number {
+  let m = -Infinity;
+  for (let i = 0; i < x.length; i++) if (x[i]! > m) m = x[i]!;
+  return m;
+}
+
+/** Log-probability of every token under softmax(x) (the processed logits, no temperature). */
+export function logSoftmax(x: ArrayLike<number>): Float64Array {
+  const m = maxOf(x);
+  let s = 0;
+  for (let i = 0; i < x.length; i++) s += specExp(x[i]! - m);
+  const lse = specLog(s);
+  const out = new Float64Array(x.length);
+  for (let i = 0; i < x.length; i++) out[i] = (x[i]! - m) - lse;
+  return out;
+}
+
+/** Index of the largest value; ties (and an all -Infinity vector) go to the lowest index. */
+export function argmax(x: ArrayLike<number>): number {
   let best = 0;
   let bestVal = -Infinity;
-  for (let i = 0; i < logits.length; i++) {
-    const v = logits[i]!;
-    if (v > bestVal) {
-      bestVal = v;
+  for (let i = 0; i < x.length; i++) {
+    if (x[i]! > bestVal) {
+      bestVal = x[i]!;
       best = i;
     }
   }
   return best;
 }
 
-/**
- * Draw from softmax(logits / temperature) restricted to the nucleus: the smallest set of most
- * likely tokens whose probability reaches top_p.
- *
- * Sorting the whole vocabulary (50k-250k entries) every token is the slow part, so candidates are
- * first filtered by a probability threshold that is lowered until the candidates alone hold top_p
- * of the mass; the nucleus is then guaranteed to lie inside them (it takes tokens in descending
- * order) and only they are sorted. The result is exact, not an approximation.
- */
-export function sampleTopP(logits: Float32Array, temperature: number, topP: number, rng: SeededRng): number {
-  const n = logits.length;
-  let max = -Infinity;
-  for (let i = 0; i < n; i++) if (logits[i]! > max) max = logits[i]!;
-  if (!Number.isFinite(max)) return argmax(logits); // everything banned or NaN: nothing sensible to draw
-
-  const inv = 1 / temperature;
-  const probs = new Float32Array(n);
-  let total = 0;
-  for (let i = 0; i < n; i++) {
-    const p = Math.exp((logits[i]! - max) * inv);
-    probs[i] = p;
-    total += p;
-  }
-
-  if (topP >= 1) {
-    let r = rng.nextFloat() * total;
-    for (let i = 0; i < n; i++) {
-      r -= probs[i]!;
-      if (r < 0) return i;
-    }
-    return argmax(logits); // float round-off left r >= 0: fall back to the mode
-  }
-
-  const target = topP * total;
-  // The max token has probability exp(0) = 1 (unnormalised), so thresholds are relative to 1.
-  let threshold = 1 / 64;
-  let candidates: number[] = [];
-  for (;;) {
-    candidates = [];
-    let mass = 0;
-    for (let i = 0; i < n; i++) {
-      if (probs[i]! >= threshold) {
-        candidates.push(i);
-        mass += probs[i]!;
-      }
-    }
-    if (mass >= target || threshold === 0) break;
-    // Lower in modest steps so the candidate set stays close to the nucleus (less to sort).
-    threshold = threshold < 1e-30 ? 0 : threshold / 16;
-  }
-  // Descending probability, ties by ascending id, so the draw is deterministic for a given seed.
-  candidates.sort((a, b) => probs[b]! - probs[a]! || a - b);
-  let nucleusMass = 0;
-  let size = 0;
-  for (const i of candidates) {
-    nucleusMass += probs[i]!;
-    size++;
-    if (nucleusMass >= target) break;
-  }
-  let r = rng.nextFloat() * nucleusMass;
-  for (let k = 0; k < size; k++) {
-    r -= probs[candidates[k]!]!;
-    if (r < 0) return candidates[k]!;
-  }
-  return candidates[size - 1]!;
-}
-
-/** Log-probability of every token under softmax(logits) (the model's distribution, no temperature). */
-export function logSoftmax(logits: Float32Array): Float32Array {
-  let max = -Infinity;
-  for (let i = 0; i < logits.length; i++) if (logits[i]! > max) max = logits[i]!;
-  let sum = 0;
-  for (let i = 0; i < logits.length; i++) sum += Math.exp(logits[i]! - max);
-  const lse = max + Math.log(sum);
-  const out = new Float32Array(logits.length);
-  for (let i = 0; i < logits.length; i++) out[i] = logits[i]! - lse;
-  return out;
-}
-
-/** The k most likely token ids of a log-prob vector, most likely first. */
-export function topK(logprobs: Float32Array, k: number): number[] {
-  if (k <= 0) return [];
+/** The k highest entries' ids, best first, ties to the lower id. */
+export function topK(values: ArrayLike<number>, k: number): number[] {
   const best: number[] = [];
-  for (let i = 0; i < logprobs.length; i++) {
-    const v = logprobs[i]!;
-    if (best.length < k || v > logprobs[best[best.length - 1]!]!) {
-      let j = best.length < k ? best.length : k - 1;
-      best[j] = i;
-      while (j > 0 && logprobs[best[j - 1]!]! < v) {
-        best[j] = best[j - 1]!;
-        best[j - 1] = i;
-        j--;
-      }
+  if (k <= 0) return best;
+  for (let i = 0; i < values.length; i++) {
+    const v = values[i]!;
+    if (best.length === k && !(v > values[best[k - 1]!]!)) continue;
+    let j = best.length < k ? best.length : k - 1;
+    // An equal value never passes an earlier (lower) id.
+    while (j > 0 && values[best[j - 1]!]! < v) {
+      best[j] = best[j - 1]!;
+      j--;
     }
+    best[j] = i;
   }
   return best;
 }
 
 /**
- * Per-request sampler: owns the RNG and the counts the penalties need. `logits` is modified in
- * place (penalties, bias), which is fine: each step gets a fresh copy from the GPU.
+ * The top_p nucleus of weights `w` (left-to-right `total`): ids by weight descending, ties to the
+ * lower id, with their running sums, up to the first whose sum reaches topP * total. Only ids
+ * above a threshold are sorted, lowered until they reach the mass: they are the head of the full
+ * sort, so the result is exactly the full sort's (and the Python engine's nucleus_order).
  */
+export function nucleus(w: Float64Array, topP: number, total: number): { ids: number[]; cum: number[] } {
+  const target = topP * total;
+  // The largest weight is exp(0) = 1, so thresholds are relative to it.
+  for (let threshold = 1 / 64; ; threshold = threshold < 1e-30 ? 0 : threshold / 16) {
+    const ids: number[] = [];
+    for (let i = 0; i < w.length; i++) if (w[i]! >= threshold) ids.push(i);
+    ids.sort((a, b) => w[b]! - w[a]! || a - b);
+    const cum: number[] = [];
+    let run = 0;
+    for (let j = 0; j < ids.length; j++) {
+      run += w[ids[j]!]!;
+      cum.push(run);
+      if (run >= target) return { ids: ids.slice(0, j + 1), cum };
+    }
+    if (threshold === 0) return { ids, cum }; // rounding never reached the target: keep all
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The sampler
+
+export interface SampledToken {
+  tokenId: number;
+  /** log-probability of tokenId (processor logprobs); 0 when not asked for */
+  logprob: number;
+  /** the top_logprobs most likely [id, logprob], best first */
+  topLogprobs: Array<[number, number]>;
+}
+
+/** One token's pipeline state, passed from processor to processor. */
+interface Step {
+  x: Float64Array;
+  logprobs?: Float64Array;
+  weights?: Float64Array;
+  /** the ids the draw chooses among (null: every id, in id order), with their running mass */
+  ids?: ArrayLike<number> | null;
+  cum?: ArrayLike<number>;
+  token?: number;
+}
+
+type Stage = (step: Step) => void;
+
+/** Per-request sampler: owns the PRNG and the counts the penalties need. */
 export class Sampler {
   readonly params: SamplingParams;
-  private readonly rng: SeededRng;
-  /** generated token -> occurrences (presence/frequency penalties) */
+  readonly vocabSize: number;
+  readonly seed: bigint;
+  private readonly rng: SplitMix64;
+  /** generated token -> occurrences (frequency/presence penalties), in first-seen order */
   readonly generatedCounts = new Map<number, number>();
+  /** prompt + generated ids (repetition penalty) */
+  private readonly seen = new Set<number>();
+  private readonly eos: number[];
+  private readonly stages: Stage[];
+  private readonly logitStages: Stage[];
 
-  constructor(params: SamplingParams, seed: number) {
+  constructor(params: SamplingParams, vocabSize: number, promptIds: readonly number[], eosIds: readonly number[], seed: bigint | number) {
     this.params = params;
-    this.rng = new SeededRng(seed);
+    this.vocabSize = vocabSize;
+    this.seed = BigInt(seed);
+    this.rng = new SplitMix64(this.seed);
+    for (const t of promptIds) if (t >= 0 && t < vocabSize) this.seen.add(t);
+    this.eos = [...new Set(eosIds)].filter((t) => t >= 0 && t < vocabSize);
+    const table: Record<string, Stage> = {
+      ignore_eos: (s) => this.ignoreEos(s),
+      logit_bias: (s) => this.logitBias(s),
+      repetition_penalty: (s) => this.repetitionPenalty(s),
+      frequency_presence_penalty: (s) => this.frequencyPresencePenalty(s),
+      logprobs: (s) => this.logprobStage(s),
+      temperature: (s) => this.temperature(s),
+      top_p: (s) => this.topP(s),
+      draw: (s) => this.draw(s),
+    };
+    // The pipeline is the spec's list, read here: reordering it there reorders both engines.
+    const stage = (name: string): Stage => {
+      const f = table[name];
+      if (!f) throw new Error(`request_spec.json names an unknown sampling processor "${name}"`);
+      return f;
+    };
+    this.stages = SPEC.sampling.processors.map(stage);
+    this.logitStages = SPEC.sampling.processors.filter((n) => LOGIT_PROCESSORS.includes(n)).map(stage);
   }
 
-  /** Apply penalties and bias to `logits` in place; `context` is prompt + generated tokens. */
-  process(logits: Float32Array, context: Iterable<number>): void {
-    const p = this.params;
-    applyRepetitionPenalty(logits, context, p.repetition_penalty);
-    applyPresenceFrequencyPenalty(logits, this.generatedCounts, p.presence_penalty, p.frequency_penalty);
-    applyLogitBias(logits, p.logit_bias);
+  private widen(logits: ArrayLike<number>): Float64Array {
+    const x = new Float64Array(this.vocabSize);
+    for (let i = 0; i < this.vocabSize; i++) x[i] = logits[i]!;
+    return x;
   }
 
-  /** Pick a token from processed logits. */
-  pick(logits: Float32Array): number {
-    const p = this.params;
-    if (p.temperature < GREEDY_TEMPERATURE) return argmax(logits);
-    return sampleTopP(logits, p.temperature, p.top_p, this.rng);
+  /** The logit processors only: float64 logits with the mask, bias and penalties applied. */
+  process(logits: ArrayLike<number>): Float64Array {
+    const step: Step = { x: this.widen(logits) };
+    for (const s of this.logitStages) s(step);
+    return step.x;
   }
 
-  /** Record a generated token (after it is chosen) for the penalties of later steps. */
-  accept(token: number): void {
+  /** Pick the next token from one position's logits and record it for the penalties. */
+  sample(logits: ArrayLike<number>): SampledToken {
+    const step: Step = { x: this.widen(logits) };
+    for (const s of this.stages) s(step);
+    const token = step.token;
+    if (token === undefined) throw new Error("request_spec.json's processors must end with the draw");
     this.generatedCounts.set(token, (this.generatedCounts.get(token) ?? 0) + 1);
+    this.seen.add(token);
+    const lp = step.logprobs;
+    if (!lp) return { tokenId: token, logprob: 0, topLogprobs: [] };
+    return { tokenId: token, logprob: lp[token]!, topLogprobs: topK(lp, this.params.top_logprobs ?? 0).map((i) => [i, lp[i]!]) };
   }
 
-  /** process + pick + accept. */
-  sample(logits: Float32Array, context: Iterable<number>): number {
-    this.process(logits, context);
-    const t = this.pick(logits);
-    this.accept(t);
-    return t;
+  // ---- the processors, by their names in request_spec.json
+
+  private ignoreEos(step: Step): void {
+    if (this.params.ignore_eos) for (const t of this.eos) step.x[t] = Number.NEGATIVE_INFINITY;
+  }
+
+  private logitBias(step: Step): void {
+    for (const [t, b] of this.params.logit_bias ?? []) if (t >= 0 && t < this.vocabSize) step.x[t] = step.x[t]! + b;
+  }
+
+  private repetitionPenalty(step: Step): void {
+    const r = this.params.repetition_penalty;
+    if (r === 1) return;
+    for (const t of this.seen) {
+      const v = step.x[t]!;
+      step.x[t] = v > 0 ? v / r : v * r;
+    }
+  }
+
+  private frequencyPresencePenalty(step: Step): void {
+    const f = this.params.frequency_penalty;
+    const p = this.params.presence_penalty;
+    if (f === 0 && p === 0) return;
+    for (const [t, c] of this.generatedCounts) step.x[t] = step.x[t]! - (c * f + p);
+  }
+
+  private logprobStage(step: Step): void {
+    if (this.params.logprobs) step.logprobs = logSoftmax(step.x);
+  }
+
+  private temperature(step: Step): void {
+    const x = step.x;
+    const m = maxOf(x);
+    const t = this.params.temperature;
+    if (t < GREEDY_TEMPERATURE || m === Number.NEGATIVE_INFINITY) {
+      step.token = argmax(x);
+      return;
+    }
+    const w = new Float64Array(x.length);
+    for (let i = 0; i < x.length; i++) w[i] = specExp((x[i]! - m) / t);
+    step.weights = w;
+  }
+
+  private topP(step: Step): void {
+    if (step.token !== undefined) return;
+    const w = step.weights;
+    if (!w) throw new Error("request_spec.json's processors must put temperature before top_p");
+    let total = 0;
+    const cum = new Float64Array(w.length);
+    for (let i = 0; i < w.length; i++) cum[i] = total += w[i]!;
+    if (this.params.top_p < 1) {
+      const n = nucleus(w, this.params.top_p, total);
+      step.ids = n.ids;
+      step.cum = n.cum;
+    } else {
+      step.ids = null;
+      step.cum = cum;
+    }
+  }
+
+  private draw(step: Step): void {
+    if (step.token !== undefined) return;
+    const { ids, cum } = step;
+    if (ids === undefined || !cum) throw new Error("request_spec.json's processors must put top_p before the draw");
+    const target = this.rng.nextFloat() * cum[cum.length - 1]!;
+    let i = 0;
+    while (i < cum.length - 1 && !(cum[i]! > target)) i++;
+    step.token = ids ? ids[i]! : i;
   }
 }

@@ -350,3 +350,48 @@ test("reload: a model configured for tensor parallelism is refused before the GP
 });
 
 export type { ChatCompletion };
+
+// -- n, several prompts, completion logprobs: accepted as the native engine accepts them ----------
+
+test("n choices: choice i is the solo run seeded seed + i", async () => {
+  const run = async (body: { seed: number; n?: number }) => {
+    const { engine, backend } = fakeEngine("x");
+    backend.uniform = true;
+    const r = await engine.chat.completions.create({ messages: USER, temperature: 1, top_p: 0.9, max_tokens: 8, return_token_ids: true, ...body });
+    return r.choices.map((c) => c.token_ids);
+  };
+  const both = await run({ seed: 5, n: 2 });
+  assert.deepEqual(both, [...(await run({ seed: 5 })), ...(await run({ seed: 6 }))]);
+  assert.notDeepEqual(both[0], both[1]);
+});
+
+test("n choices stream: a role chunk per choice, then each choice's deltas and finish", async () => {
+  const { engine } = fakeEngine("the cat");
+  const chunks = await collect(await engine.chat.completions.create({ messages: USER, stream: true, n: 2, stream_options: { include_usage: true } }));
+  assert.deepEqual(chunks.slice(0, 2).map((c) => [c.choices[0]!.index, c.choices[0]!.delta.role]), [[0, "assistant"], [1, "assistant"]]);
+  for (const i of [0, 1]) {
+    const mine = chunks.filter((c) => c.choices[0]?.index === i);
+    assert.equal(mine.map((c) => c.choices[0]!.delta.content ?? "").join(""), "the cat");
+    assert.equal(mine[mine.length - 1]!.choices[0]!.finish_reason, "stop");
+  }
+  assert.equal(chunks[chunks.length - 1]!.usage!.completion_tokens, 8); // 2 x (3 tokens + EOS)
+});
+
+test("completions: several prompts, n each, indexes prompt * n + i, usage counts each prompt once", async () => {
+  const { engine } = fakeEngine("the cat", { chat_template: null });
+  const r = await engine.completions.create({ prompt: ["hello", [1, 3]], n: 2, max_tokens: 10, echo: true, return_token_ids: true });
+  assert.deepEqual(r.choices.map((c) => c.index), [0, 1, 2, 3]);
+  assert.deepEqual(r.choices.map((c) => c.text), ["hellothe cat", "hellothe cat", "hellothe cat", "hellothe cat"]);
+  assert.deepEqual(r.prompt_token_ids, [[1, ...ids("hello")], [1, 3]]);
+  assert.equal(r.usage!.prompt_tokens, 4);
+});
+
+test("completions logprobs: tokens, logprobs, alternatives and code-point offsets (echo included)", async () => {
+  const { engine } = fakeEngine("the cat", { chat_template: null });
+  const r = await engine.completions.create({ prompt: "hello", max_tokens: 10, logprobs: 2, echo: false });
+  const lp = r.choices[0]!.logprobs!;
+  assert.deepEqual(lp.tokens, ["the", " ", "cat"]);
+  assert.deepEqual(lp.text_offset, [0, 3, 4]);
+  assert.ok(lp.token_logprobs.every((x) => x <= 0) && lp.top_logprobs.every((d) => Object.keys(d).length === 2));
+  assert.equal(Object.keys(lp.top_logprobs[0]!)[0], "the");
+});

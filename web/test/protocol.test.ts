@@ -60,7 +60,7 @@ test("all supported fields parse", () => {
   assert.deepEqual(r.sampling.stop, ["\n"]);
   assert.equal(r.sampling.logit_bias.get(5), -100);
   assert.equal(r.sampling.seed, 42);
-  assert.equal(r.topLogprobs, 3);
+  assert.equal(r.sampling.topLogprobs, 3);
   assert.equal(r.model, "m");
 });
 
@@ -90,7 +90,7 @@ test("bad fields are named", () => {
   badField({ messages: msgs, stop: Array(17).fill("x") }, "stop", /at most 16/);
   badField({ messages: msgs, logit_bias: { abc: 1 } }, "logit_bias", /not a token id/);
   badField({ messages: msgs, logit_bias: { "3": 101 } }, "logit_bias.3");
-  badField({ messages: msgs, n: 2 }, "n", /one choice/);
+  badField({ messages: msgs, n: 129 }, "n", /between 1 and 128/);
   badField({ messages: msgs, max_tokens: 5, max_completion_tokens: 5 }, "max_completion_tokens");
   badField({ messages: msgs, top_logprobs: 2 }, "top_logprobs", /'logprobs' must be set/);
   badField({ messages: msgs, response_format: { type: "json_object" } }, "response_format.type");
@@ -106,22 +106,29 @@ test("bad messages are named", () => {
   badField({ messages: [{ content: "a" }] }, "messages[0].role", /Missing/);
   badField({ messages: [{ role: "user" }] }, "messages[0].content", /needs content/);
   badField({ messages: [{ role: "user", content: 5 }] }, "messages[0].content");
-  badField({ messages: [{ role: "user", content: [{ type: "image_url", image_url: {} }] }] }, "messages[0].content[0].type", /only 'text'/);
+  badField({ messages: [{ role: "user", content: [{ type: "image_url", image_url: {} }] }] }, "messages[0].content[0].type", /only "text"/);
   badField({ messages: [{ role: "user", content: [{ type: "text", text: 1 }] }] }, "messages[0].content[0].text");
   badField({ messages: [{ role: "user", content: "a", extra: 1 }] }, "messages[0].extra");
   badField({ messages: [{ role: "assistant", content: "a", tool_calls: [{}] }] }, "messages[0].tool_calls");
   badField({ messages: [{ role: "user", content: "a", name: 3 }] }, "messages[0].name");
-  badField("nope", "", /must be an object/);
+  badField("nope", "", /must be a JSON object/);
 });
 
 test("completions requests", () => {
   const r = parseCompletionRequest({ prompt: "Once upon a time" });
   assert.equal(r.sampling.max_tokens, 16);
-  assert.equal(r.prompt, "Once upon a time");
-  assert.deepEqual(parseCompletionRequest({ prompt: [1, 2, 3], max_tokens: 4 }).prompt, [1, 2, 3]);
+  assert.deepEqual(r.prompts, ["Once upon a time"]);
+  assert.deepEqual(parseCompletionRequest({ prompt: [1, 2, 3], max_tokens: 4 }).prompts, [[1, 2, 3]]);
+  // Several prompts, n choices each, and completion logprobs: as the native engine accepts them.
+  const many = parseCompletionRequest({ prompt: ["a", [4, 5]], n: 2, logprobs: 2 });
+  assert.deepEqual(many.prompts, ["a", [4, 5]]);
+  assert.equal(many.n, 2);
+  assert.equal(many.logprobs, 2);
+  assert.ok(many.sampling.logprobs && many.sampling.topLogprobs === 2);
   badField({ prompt: [] }, "prompt", undefined, parseCompletionRequest);
   badField({ prompt: [1, -1] }, "prompt[1]", undefined, parseCompletionRequest);
   badField({ prompt: "x", suffix: "y" }, "suffix", undefined, parseCompletionRequest);
   badField({ prompt: "x", messages: [] }, "messages", /Unrecognized/, parseCompletionRequest);
-  badField({ prompt: "x", logprobs: 2 }, "logprobs", undefined, parseCompletionRequest);
+  badField({ prompt: "x", logprobs: 6 }, "logprobs", /between 0 and 5/, parseCompletionRequest);
+  badField({ prompt: "x", logprobs: 1, echo: true }, "logprobs", /echo/, parseCompletionRequest);
 });
