@@ -15,7 +15,7 @@ MODEL ?= SmolLM2-135M-Instruct
 QUANT ?= q4f32_1
 PORT  ?= 8080
 
-.PHONY: setup apt python npm wasm web demo chat test test-python test-web clean
+.PHONY: setup apt python npm wasm web demo chat bench llamacpp test test-python test-web clean
 
 setup: apt python npm wasm web
 
@@ -66,6 +66,20 @@ demo: setup
 
 chat: setup
 	$(VENV)/bin/sphere_aae chat $(MODEL)
+
+# The native benchmark against transformers and llama.cpp, in one run on this machine.
+BENCH_PROMPT ?= You are a helpful assistant. Write a short poem about the sea. Make it rhyme, and give it a title. It should have three stanzas of four lines each, about the waves.
+bench: python llamacpp
+	$(PY) -m sphere_aae bench $(MODEL) -q $(QUANT) --against transformers,llama.cpp --context 1024 \
+	  --streams 4 --max-tokens 64 --prompt "$(BENCH_PROMPT)"
+
+# llama.cpp's Python binding (optional: only `bench --against llama.cpp` uses it), built from
+# source. -march=native dies with SIGILL on VMs that report AMX, so the ISA is spelled out.
+LLAMACPP_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON \
+  -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF
+llamacpp: python
+	@$(PY) -c "import llama_cpp" 2>/dev/null || { echo "[setup] building llama-cpp-python (several minutes)"; \
+	  CMAKE_ARGS="$(LLAMACPP_CMAKE)" $(PY) -m pip install -q -e ".[llamacpp]"; }
 
 test: setup test-web test-python
 

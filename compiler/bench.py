@@ -1,9 +1,12 @@
-"""`sphere_aae bench`: speed and memory of the native engine, next to Hugging Face transformers.
+"""`sphere_aae bench`: speed and memory of the native engine, next to Hugging Face transformers
+and llama.cpp (`--against transformers,llama.cpp`), measured in the same run on the same machine.
 
-Both sides run the same prompt token ids greedily for exactly `max_tokens` new tokens (EOS is
-ignored so both generate the same amount). Each side runs in its own fresh child process, so its
-peak memory (maximum resident set size of that process) is its own and not the sum of both, and
-neither side's threads or caches slow the other. Reported per side:
+Every side runs the same prompt token ids greedily for exactly `max_tokens` new tokens (EOS is
+ignored so all generate the same amount). Each side runs in its own fresh child process, so its
+peak memory (maximum resident set size of that process) is its own and not the sum of all, and
+no side's threads or caches slow another. `--context N,...` repeats the measurement with N
+tokens of context (the prompt's ids repeated), where decode speed depends on attention over the
+context. Reported per side, and as AAE / other ratios:
 
 - load time (for AAE also split into prepare = convert + compile or cache hit, and runtime load),
 - time to first token (prompt submitted -> first generated token available),
@@ -13,33 +16,68 @@ neither side's threads or caches slow the other. Reported per side:
 
 The transformers side loads the model's original weights (the chat config's "source": a Hugging
 Face folder as is, other formats exported to one with `sphere_aae.loaders.export_hf_dir`) in
-float32, so for quantized builds it is the unquantized reference.
+float32, so for quantized builds it is the unquantized reference. llama.cpp (the optional
+`llama-cpp-python` package, `pip install "sphere-aae[llamacpp]"`) runs the source GGUF itself,
+with as many threads as the AAE runtime.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import platform
 import resource
 import sys
 import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
-from .engine import DEFAULT_MODEL
+from . import DEFAULT_MODEL  # not from .engine: the llama.cpp and transformers workers must not load TVM
 
 DEFAULT_PROMPT = "Write a short poem about the sea."
 
 
 def _peak_rss_mb() -> float:
-    # ru_maxrss is in KiB on Linux, bytes on macOS.
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    """This process's peak resident memory, MiB. Linux: VmHWM, which belongs to the process's
+    own address space; ru_maxrss is not usable for the workers, since Linux carries it across
+    the exec that starts them and every worker would report at least the parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
+def context_ids(prompt_ids: list[int], n: int) -> list[int]:
+    """`n` token ids of context: the prompt's ids repeated (every side gets the same ones)."""
+    reps = -(-n // max(1, len(prompt_ids)))
+    return (list(prompt_ids) * reps)[:n]
+
+
+def _runs(args: Mapping[str, Any], prompt_ids: list[int]) -> list[tuple[int | None, list[int]]]:
+    """(context length or None for the prompt itself, ids) for every measurement of the run."""
+    return [(None, list(prompt_ids))] + [(n, context_ids(prompt_ids, n)) for n in args.get("contexts") or []]
+
+
+def _speeds(n_prompt: int, n_new: int, first_s: float, total_s: float) -> dict[str, Any]:
+    """Figures from the time to the first generated token and to the last one."""
+    decode_s = total_s - first_s
+    return {
+        "ttft_s": first_s, "prompt_tokens": n_prompt, "completion_tokens": n_new,
+        "prefill_tokens_per_s": n_prompt / first_s if first_s > 0 else None,
+        "decode_tokens_per_s": (n_new - 1) / decode_s if n_new > 1 and decode_s > 0 else None,
+    }
+
+
 def _aae_worker(args: dict[str, Any]) -> dict[str, Any]:
+    from . import keep_torch_out
+
+    keep_torch_out()  # measure the runtime's own memory, as `sphere_aae serve` runs it
     from .engine import SphereAaeEngine
 
     t0 = time.perf_counter()
@@ -49,38 +87,63 @@ def _aae_worker(args: dict[str, Any]) -> dict[str, Any]:
     load_s = time.perf_counter() - t0
     try:
         prompt_ids = engine.tokenizer.encode(args["prompt"])
-        request = {"prompt": prompt_ids, "temperature": 0, "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+        request = {"temperature": 0, "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
         # Warm-up: first calls pay one-time costs (kernel setup, allocator growth) a server pays once.
-        for _ in engine.completions.create(**{**request, "max_tokens": 2}):
+        for _ in engine.completions.create(**request, prompt=prompt_ids, max_tokens=2):
             pass
-        start = time.perf_counter()
-        first: float | None = None
-        parts: list[str] = []
-        usage = None
-        for chunk in engine.completions.create(**{**request, "max_tokens": args["max_tokens"]}):
-            if chunk.choices and first is None:
-                first = time.perf_counter() - start
-            parts.extend(c.text for c in chunk.choices)
-            usage = chunk.usage or usage
-        assert usage is not None
+        runs = []
+        for n_ctx, ids in _runs(args, prompt_ids):
+            start = time.perf_counter()
+            first: float | None = None
+            parts: list[str] = []
+            usage = None
+            for chunk in engine.completions.create(**request, prompt=ids, max_tokens=args["max_tokens"]):
+                if chunk.choices and first is None:
+                    first = time.perf_counter() - start
+                parts.extend(c.text for c in chunk.choices)
+                usage = chunk.usage or usage
+            assert usage is not None and first is not None
+            runs.append({**_speeds(len(ids), usage.completion_tokens, first, time.perf_counter() - start),
+                         "prefill_tokens_per_s": usage.prefill_tokens_per_s, "decode_tokens_per_s": usage.decode_tokens_per_s,
+                         "context": n_ctx, "text": "".join(parts)})
+        streams = _concurrent_streams(engine, prompt_ids, args) if args.get("streams", 1) > 1 else None
         return {
+            **runs[0], "contexts": runs[1:], "streams": streams,
             "load_s": load_s,
             "prepare_s": engine.load_stats.get("prepare_s"),
             "runtime_load_s": engine.load_stats.get("runtime_load_s"),
-            "ttft_s": first,
-            "prompt_tokens": usage.prompt_tokens,
-            "completion_tokens": usage.completion_tokens,
-            "prefill_tokens_per_s": usage.prefill_tokens_per_s,
-            "decode_tokens_per_s": usage.decode_tokens_per_s,
             "peak_rss_mb": _peak_rss_mb(),
-            "text": "".join(parts),
             "prompt_ids": prompt_ids,
             "model_id": engine.model_id,
             "model_dir": str(engine.model_dir),
             "source": engine.config.get("source"),
+            "threads": int(os.environ.get("TVM_NUM_THREADS", "0")) or None,
         }
     finally:
         engine.terminate()
+
+
+def _concurrent_streams(engine: Any, prompt_ids: list[int], args: Mapping[str, Any]) -> dict[str, Any]:
+    """`streams` requests at once (what `sphere_aae serve` does with concurrent clients): the
+    engine decodes them in one batch; total generated tokens per second of wall time, against
+    one stream alone measured the same way."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    request = {"prompt": prompt_ids, "temperature": 0, "ignore_eos": True, "max_tokens": args["max_tokens"]}
+
+    def timed(n: int) -> tuple[float, float]:
+        """(generated tokens per second of wall time, prompts included; the sum of the
+        streams' decode rates: each stream's decode time is the batched steps it was in)."""
+        start = time.perf_counter()
+        with ThreadPoolExecutor(n) as pool:
+            done = list(pool.map(lambda _: engine.completions.create(**request), range(n)))
+        assert all(r.usage.completion_tokens == args["max_tokens"] for r in done)
+        return n * args["max_tokens"] / (time.perf_counter() - start), sum(r.usage.decode_tokens_per_s for r in done)
+
+    (one, one_decode), (many, many_decode) = timed(1), timed(args["streams"])
+    return {"streams": args["streams"], "one_stream_tokens_per_s": one, "total_tokens_per_s": many, "speedup": many / one,
+            "one_stream_decode_tokens_per_s": one_decode, "total_decode_tokens_per_s": many_decode,
+            "decode_speedup": many_decode / one_decode}
 
 
 def reference_hf_dir(source: str | None, work_dir: Path) -> Path:
@@ -97,9 +160,18 @@ def reference_hf_dir(source: str | None, work_dir: Path) -> Path:
     return out
 
 
+def _detokenize(model_dir: str, prompt_ids: list[int], generated: list[int]) -> str:
+    """The generated text as the engine's incremental detokenizer gives it: decoded with a little
+    prompt context that is then cut off, so a SentencePiece leading space survives."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json"))
+    context = prompt_ids[-4:]
+    return tokenizer.decode(context + generated, skip_special_tokens=True)[len(tokenizer.decode(context, skip_special_tokens=True)):]
+
+
 def _hf_worker(args: dict[str, Any]) -> dict[str, Any]:
     import torch
-    from tokenizers import Tokenizer
     from transformers import AutoModelForCausalLM
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -109,46 +181,77 @@ def _hf_worker(args: dict[str, Any]) -> dict[str, Any]:
         hf_dir = reference_hf_dir(args["source"], Path(tmp))
         model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).to(device).eval()
         load_s = time.perf_counter() - t0
-    ids = torch.tensor([args["prompt_ids"]], device=device)
-    n_new = args["max_tokens"]
 
     def sync() -> None:
         if device == "cuda":
             torch.cuda.synchronize()
 
-    with torch.inference_mode():
-        model(ids[:, : min(4, ids.shape[1])])  # warm-up, as on the AAE side
-        sync()
+    def one(ids_list: list[int]) -> tuple[list[int], float, float]:
+        ids = torch.tensor([ids_list], device=device)
         start = time.perf_counter()
         out = model(ids, use_cache=True)
         token = out.logits[:, -1].argmax(-1, keepdim=True)
         sync()
-        prefill_s = time.perf_counter() - start
-        generated = [int(token)]
-        past = out.past_key_values
-        t1 = time.perf_counter()
-        for _ in range(n_new - 1):
+        first = time.perf_counter() - start
+        generated, past = [int(token)], out.past_key_values
+        for _ in range(args["max_tokens"] - 1):
             out = model(token, past_key_values=past, use_cache=True)
             past = out.past_key_values
             token = out.logits[:, -1].argmax(-1, keepdim=True)
             generated.append(int(token))
         sync()
-        decode_s = time.perf_counter() - t1
-    tokenizer = Tokenizer.from_file(str(Path(args["model_dir"]) / "tokenizer.json"))
-    context = args["prompt_ids"][-4:]
-    # Decode with a little prompt context, then cut it off, so a leading space survives the
-    # SentencePiece decoder exactly as in the engine's incremental detokenizer.
-    text = tokenizer.decode(context + generated, skip_special_tokens=True)[len(tokenizer.decode(context, skip_special_tokens=True)) :]
-    return {
-        "load_s": load_s,
-        "ttft_s": prefill_s,
-        "prompt_tokens": len(args["prompt_ids"]),
-        "completion_tokens": len(generated),
-        "prefill_tokens_per_s": len(args["prompt_ids"]) / prefill_s,
-        "decode_tokens_per_s": (len(generated) - 1) / decode_s if decode_s > 0 else None,
-        "peak_rss_mb": _peak_rss_mb(),
-        "text": text,
-    }
+        return generated, first, time.perf_counter() - start
+
+    runs = []
+    with torch.inference_mode():
+        model(torch.tensor([args["prompt_ids"][:4]], device=device))  # warm-up, as on the AAE side
+        for n_ctx, ids in _runs(args, args["prompt_ids"]):
+            generated, first, total = one(ids)
+            runs.append({**_speeds(len(ids), len(generated), first, total), "context": n_ctx,
+                         "text": _detokenize(args["model_dir"], ids, generated)})
+    return {**runs[0], "contexts": runs[1:], "load_s": load_s, "peak_rss_mb": _peak_rss_mb()}
+
+
+LLAMACPP_HINT = ('install llama.cpp\'s Python binding: pip install "sphere-aae[llamacpp]" (it builds from source; on CPUs '
+                 'that report AMX inside a VM set CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX512=ON -DGGML_AMX_TILE=OFF '
+                 '-DGGML_AMX_INT8=OFF" first, see the README)')
+
+
+def _llamacpp_worker(args: dict[str, Any]) -> dict[str, Any]:
+    source = args["source"] or ""
+    if not source.endswith(".gguf"):
+        raise RuntimeError(f"llama.cpp runs GGUF files; this model's source is {source!r}. Bench a model built from a .gguf")
+    try:
+        import llama_cpp
+        from llama_cpp import Llama
+    except ImportError as e:
+        raise RuntimeError(f"llama.cpp is not installed ({e}); {LLAMACPP_HINT}") from None
+    n_ctx = max([len(args["prompt_ids"]), *(args.get("contexts") or [])]) + args["max_tokens"] + 8
+    t0 = time.perf_counter()
+    llm = Llama(model_path=source, n_ctx=n_ctx, n_batch=512, n_threads=args["threads"], n_threads_batch=args["threads"],
+                logits_all=False, verbose=False)
+    load_s = time.perf_counter() - t0
+
+    def one(ids: list[int]) -> tuple[list[int], float, float]:
+        llm.reset()
+        start = time.perf_counter()
+        first, generated = 0.0, []
+        for token in llm.generate(ids, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
+            if not generated:
+                first = time.perf_counter() - start
+            generated.append(int(token))
+            if len(generated) == args["max_tokens"]:
+                break
+        return generated, first, time.perf_counter() - start
+
+    one(args["prompt_ids"][:4])  # warm-up
+    runs = []
+    for n_ctx_run, ids in _runs(args, args["prompt_ids"]):
+        generated, first, total = one(ids)
+        runs.append({**_speeds(len(ids), len(generated), first, total), "context": n_ctx_run,
+                     "text": _detokenize(args["model_dir"], ids, generated)})
+    return {**runs[0], "contexts": runs[1:], "load_s": load_s, "peak_rss_mb": _peak_rss_mb(),
+            "version": getattr(llama_cpp, "__version__", None), "threads": args["threads"]}
 
 
 def _child_main(target: str, args: dict[str, Any], conn: Any) -> None:
@@ -188,6 +291,37 @@ def _common_prefix_words(a: str, b: str) -> int:
     return n
 
 
+OTHERS = ("transformers", "llama.cpp")
+_WORKERS = {"transformers": "_hf_worker", "llama.cpp": "_llamacpp_worker"}
+# Figures compared as AAE / other: higher is better for speeds, lower for times and memory.
+RATIO_KEYS = ("prefill_tokens_per_s", "decode_tokens_per_s", "ttft_s", "peak_rss_mb")
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on: `lscpu`'s model name and the usable CPUs."""
+    name = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": name or platform.processor() or platform.machine(), "vcpus": len(os.sched_getaffinity(0))}
+
+
+def _ratios(aae: Mapping[str, Any], other: Mapping[str, Any]) -> dict[str, float | None]:
+    return {k: (aae[k] / other[k] if aae.get(k) and other.get(k) else None) for k in RATIO_KEYS}
+
+
+def _parse_against(against: str | Sequence[str]) -> list[str]:
+    names = [a.strip() for a in (against.split(",") if isinstance(against, str) else against) if a.strip()]
+    unknown = [a for a in names if a not in OTHERS]
+    if unknown:
+        raise ValueError(f"--against {unknown[0]!r}: compare with one or more of {', '.join(OTHERS)}")
+    return names
+
+
 def run_bench(
     model: str = DEFAULT_MODEL,
     quantization: str | None = None,
@@ -197,69 +331,106 @@ def run_bench(
     *,
     model_lib: str | Path | None = None,
     overrides: str | Mapping[str, Any] | None = None,
-    compare_transformers: bool = True,
+    against: str | Sequence[str] = ("transformers",),
+    contexts: Sequence[int] = (),
+    streams: int = 1,
 ) -> dict[str, Any]:
     """Benchmark `model` (see the module docstring). Returns a JSON-able dict:
-    {"model", "device", "prompt", "max_tokens", "aae": {...}, "transformers": {...} or None,
-     "transformers_error": str or None, "greedy_words_in_agreement": int (when both ran)}."""
+    {"model", "device", "prompt", "max_tokens", "machine", "aae": {...}, and for each side in
+    `against`: its figures (or None with "<side>_error"), "ratios": {side: {figure: AAE / side}},
+    "greedy_words_in_agreement": {side: n}; every side's "contexts" lists the context runs}."""
     if max_tokens < 2:
         raise ValueError("max_tokens must be at least 2 (decode speed needs a token after the first)")
+    if any(int(n) < 1 for n in contexts):
+        raise ValueError("--context lengths must be positive token counts")
+    sides = _parse_against(against)
     args = {
         "model": model, "quantization": quantization, "device": device, "prompt": prompt, "max_tokens": max_tokens,
         "model_lib": str(model_lib) if model_lib is not None else None, "overrides": overrides,
+        "contexts": [int(n) for n in contexts], "threads": len(os.sched_getaffinity(0)), "streams": int(streams),
     }
     aae = _in_child("_aae_worker", args)
     result: dict[str, Any] = {
-        "model": aae["model_id"], "device": device, "prompt": prompt, "max_tokens": max_tokens,
-        "aae": aae, "transformers": None, "transformers_error": None,
+        "model": aae["model_id"], "device": device, "prompt": prompt, "max_tokens": max_tokens, "machine": machine(),
+        "aae": aae, "ratios": {}, "greedy_words_in_agreement": {},
     }
-    if compare_transformers:
+    for side in sides:
+        result[side], result[f"{side}_error"] = None, None
         try:
-            hf_args = {**args, "prompt_ids": aae["prompt_ids"], "source": aae["source"], "model_dir": aae["model_dir"]}
-            result["transformers"] = _in_child("_hf_worker", hf_args)
+            side_args = {**args, "prompt_ids": aae["prompt_ids"], "source": aae["source"], "model_dir": aae["model_dir"]}
+            other = result[side] = _in_child(_WORKERS[side], side_args)
         except RuntimeError as exc:
-            # The AAE numbers are still worth showing when the reference cannot run.
-            result["transformers_error"] = str(exc)
-        else:
-            result["greedy_words_in_agreement"] = _common_prefix_words(aae["text"], result["transformers"]["text"])
+            # The AAE numbers are still worth showing when another side cannot run.
+            result[f"{side}_error"] = str(exc)
+            continue
+        result["ratios"][side] = {"prompt": _ratios(aae, other)} | {
+            str(a["context"]): _ratios(a, o) for a, o in zip(aae["contexts"], other["contexts"])}
+        result["greedy_words_in_agreement"][side] = _common_prefix_words(aae["text"], other["text"])
     return result
 
 
+def _fmt(value: Any, unit: str) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f} {unit}" if unit == "s" else f"{value:.2f}x" if unit == "x" else f"{value:.1f} {unit}"
+
+
+_ROWS = (("load time", "load_s", "s"), ("time to first token", "ttft_s", "s"), ("prefill", "prefill_tokens_per_s", "tok/s"),
+         ("decode", "decode_tokens_per_s", "tok/s"), ("peak memory (RSS)", "peak_rss_mb", "MiB"))
+
+
+def _table(result: Mapping[str, Any], sides: list[str], context: str | None) -> Any:
+    from rich.table import Table
+
+    def run_of(side: str) -> Mapping[str, Any]:
+        whole = result[side]
+        return whole if context is None else next(c for c in whole["contexts"] if str(c["context"]) == context)
+
+    table = Table(title=None if context is None else f"with {context} tokens of context")
+    table.add_column("metric")
+    for side in ["aae", *sides]:
+        table.add_column("AAE" if side == "aae" else side, justify="right")
+    for side in sides:
+        table.add_column(f"AAE / {side}", justify="right")
+    for label, key, unit in _ROWS:
+        if context is not None and key in ("load_s", "peak_rss_mb"):
+            continue
+        ratio = [_fmt(result["ratios"][s]["prompt" if context is None else context].get(key), "x") for s in sides]
+        table.add_row(label, *[_fmt(run_of(s).get(key), unit) for s in ["aae", *sides]], *ratio)
+    return table
+
+
 def format_bench(result: Mapping[str, Any]) -> str:
-    """A human-readable report of `run_bench`'s result (a table, then the generated texts)."""
+    """A human-readable report of `run_bench`'s result (tables, then the generated texts)."""
     import io
 
     from rich.console import Console
-    from rich.table import Table
 
-    aae, hf = result["aae"], result["transformers"]
-    table = Table()
-    table.add_column("metric")
-    table.add_column("AAE", justify="right")
-    table.add_column("transformers", justify="right")
-
-    def fmt(value: Any, unit: str) -> str:
-        return "-" if value is None else f"{value:.3f} {unit}" if unit == "s" else f"{value:.1f} {unit}"
-
-    rows = [
-        ("load time", "load_s", "s"),
-        ("time to first token", "ttft_s", "s"),
-        ("prefill", "prefill_tokens_per_s", "tok/s"),
-        ("decode", "decode_tokens_per_s", "tok/s"),
-        ("peak memory (RSS)", "peak_rss_mb", "MiB"),
-    ]
-    for label, key, unit in rows:
-        table.add_row(label, fmt(aae.get(key), unit), fmt(hf.get(key), unit) if hf else "-")
+    aae = result["aae"]
+    sides = [s for s in OTHERS if result.get(s)]
     buf = io.StringIO()
-    buf.write(f"{result['model']} on {result['device']}: {aae['prompt_tokens']} prompt tokens, {result['max_tokens']} new tokens (greedy)\n")
-    Console(file=buf, width=100, force_terminal=False).print(table)
+    m = result["machine"]
+    buf.write(f"{result['model']} on {result['device']} ({m['cpu']}, {m['vcpus']} vCPUs): {aae['prompt_tokens']} prompt tokens, "
+              f"{result['max_tokens']} new tokens (greedy)\n")
+    console = Console(file=buf, width=140, force_terminal=False)
+    console.print(_table(result, sides, None))
+    for run in aae["contexts"]:
+        console.print(_table(result, sides, str(run["context"])))
     lines = [
         f"AAE prepare (convert + compile, or cache hit): {aae['prepare_s']:.2f} s; runtime load: {aae['runtime_load_s']:.2f} s",
+    ]
+    if aae.get("streams"):
+        st = aae["streams"]
+        lines.append(f"AAE with {st['streams']} concurrent streams: decode {st['total_decode_tokens_per_s']:.1f} tok/s in all, "
+                     f"{st['decode_speedup']:.2f}x one stream's {st['one_stream_decode_tokens_per_s']:.1f}; with the prompts, "
+                     f"{st['total_tokens_per_s']:.1f} tok/s of wall time, {st['speedup']:.2f}x one stream's")
+    lines += [
         f"AAE output: {aae['text']!r}",
     ]
-    if hf:
-        lines.append(f"transformers output: {hf['text']!r}")
-        lines.append(f"greedy outputs agree on the first {result['greedy_words_in_agreement']} words")
-    elif result.get("transformers_error"):
-        lines.append(f"transformers reference not run: {result['transformers_error'].splitlines()[0]}")
+    for side in OTHERS:
+        if result.get(side):
+            lines.append(f"{side} output: {result[side]['text']!r}")
+            lines.append(f"greedy outputs of AAE and {side} agree on the first {result['greedy_words_in_agreement'][side]} words")
+        elif result.get(f"{side}_error"):
+            lines.append(f"{side} not run: {result[f'{side}_error'].splitlines()[0]}")
     return buf.getvalue() + "\n".join(lines)

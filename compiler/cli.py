@@ -13,7 +13,10 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__
+from . import __version__, keep_torch_out
+
+# Commands whose process only runs a model: PyTorch stays out of them (see keep_torch_out).
+RUNTIME_COMMANDS = ("chat", "serve", "tokenizer-server")
 
 
 def _add_model_args(p: argparse.ArgumentParser, *, model_default: str | None = None) -> None:
@@ -137,8 +140,11 @@ def cmd_serve(a: argparse.Namespace) -> int:
 def cmd_bench(a: argparse.Namespace) -> int:
     from .bench import format_bench, run_bench
 
+    against = [s.strip() for s in a.against.split(",") if s.strip() and not (a.no_transformers and s.strip() == "transformers")]
+    contexts = [int(n) for n in a.context.split(",") if n.strip()] if a.context else []
     result = run_bench(a.model, quantization=a.quantization, device=a.device, prompt=a.prompt,
-                       max_tokens=a.max_tokens, compare_transformers=not a.no_transformers)
+                       max_tokens=a.max_tokens, model_lib=a.model_lib, overrides=a.overrides, against=against, contexts=contexts,
+                       streams=a.streams)
     print(json.dumps(result) if a.json else format_bench(result))
     return 0
 
@@ -264,7 +270,11 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         if name == "bench":
             p.add_argument("--prompt", default="Write a short poem about the sea.")
             p.add_argument("--max-tokens", type=int, default=32)
-            p.add_argument("--no-transformers", action="store_true", help="skip the transformers comparison")
+            p.add_argument("--against", default="transformers",
+                           help="compare with: transformers, llama.cpp, or both comma-separated (default: transformers)")
+            p.add_argument("--context", default=None, help="also measure with N tokens of context, e.g. 256,1024")
+            p.add_argument("--no-transformers", action="store_true", help="leave transformers out of --against")
+            p.add_argument("--streams", type=int, default=1, help="also run N concurrent requests (batched decode)")
             p.add_argument("--json", action="store_true")
         p.set_defaults(func=func)
     p = sub.add_parser("tokenizer-server", help="tokenizer HTTP server (encode/decode/chat template) for device runtimes")
@@ -279,6 +289,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     prog = os.path.basename(sys.argv[0]) if argv is None else "sphere_aae"
     prog = "aae-web" if prog.startswith("aae-web") else "sphere_aae"
+    words = sys.argv[1:] if argv is None else list(argv)
+    if words and words[0] in RUNTIME_COMMANDS:
+        keep_torch_out()  # before anything imports TVM
     args = build_parser(prog).parse_args(argv)
     if getattr(args, "quantization", None) is None and getattr(args, "quantization_default", None):
         args.quantization = args.quantization_default

@@ -30,10 +30,17 @@ class CompileError(RuntimeError):
     pass
 
 
+def host_cpu() -> str:
+    """LLVM's name for this machine's CPU (e.g. "emeraldrapids", "znver4"): the CPU libraries
+    are built for the machine that builds them, and their cache key includes it."""
+    return str(tvm.target.codegen.llvm_get_system_cpu())
+
+
 def make_target(device: str) -> tvm.target.Target:
     if device == "cpu":
-        # num-cores sizes the parallel regions of the CPU schedules to this machine.
-        return tvm.target.Target({"kind": "llvm", "num-cores": os.cpu_count() or 1})
+        # num-cores sizes the parallel regions of the CPU schedules to this machine; mcpu lets
+        # LLVM use its vector units (no AVX-512 without it; "native" means generic in TVM 0.27).
+        return tvm.target.Target({"kind": "llvm", "num-cores": os.cpu_count() or 1, "mcpu": host_cpu()})
     if device == "cuda":
         # "arch" is read from the visible GPU when there is one.
         return tvm.target.Target({"kind": "cuda"}, host={"kind": "llvm"})
@@ -56,6 +63,7 @@ def compile_metadata(chat_config: dict[str, Any], device: str, debug_functions: 
         "vocab_size": chat_config["model_config"]["vocab_size"],
         "hidden_size": chat_config["model_config"]["hidden_size"],
         "debug_functions": debug_functions,
+        "cpu": host_cpu() if device == "cpu" else None,  # what the library's vector code needs
         "tvm_version": tvm.__version__,
     }
 
@@ -72,15 +80,21 @@ def export_ir(chat_config: dict[str, Any], device: str, debug_functions: bool = 
     arch = get_architecture(chat_config["model_type"])
     cfg = config_from_dict(chat_config["model_type"], chat_config["model_config"])
     scheme = get_scheme(chat_config["quantization"])
-    model, _ = quantize_model(arch.build(cfg, scheme.model_dtype), scheme)
+    model, _, layouts = quantize_model(arch.build(cfg, scheme.model_dtype), scheme, device)
     target = make_target(device)
     with target:
         mod, named_params = model.export_tvm(spec=model.get_default_spec(debug_functions=debug_functions))
+    if device == "cpu":
+        from .models.cpu_attention import use_vectorized_attention
+
+        mod = use_vectorized_attention(mod, cfg, scheme.model_dtype)
     if cfg.attn_logit_softcap:
         from .models.softcap import apply_attention_softcap  # Gemma 2: patches TVM's attention kernels
 
         mod = apply_attention_softcap(mod, float(cfg.attn_logit_softcap))
-    mod = _add_metadata(mod, compile_metadata(chat_config, device, debug_functions))
+    metadata = compile_metadata(chat_config, device, debug_functions)
+    metadata["param_layouts"] = layouts  # the runtime repacks these stored tensors at load
+    mod = _add_metadata(mod, metadata)
     return mod, [name for name, _ in named_params]
 
 

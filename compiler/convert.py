@@ -30,7 +30,7 @@ def declared_params(arch: Architecture, cfg: Any, scheme: QuantScheme) -> tuple[
     """(unquantized name -> shape, stored params in order [(name, shape, dtype)], quantized names)."""
     plain = arch.build(cfg, "float32")
     float_shapes = {name: tuple(int(d) for d in p.shape) for name, p in plain.named_parameters()}
-    model, quantized = quantize_model(arch.build(cfg, "float32"), scheme)
+    model, quantized, _ = quantize_model(arch.build(cfg, "float32"), scheme)
     stored = [(name, tuple(int(d) for d in p.shape), p.dtype) for name, p in model.named_parameters()]
     return float_shapes, stored, quantized
 

@@ -25,11 +25,10 @@ from typing import Any
 
 import tvm
 
-from . import __version__, artifact
+from . import DEFAULT_MODEL, __version__, artifact
 from .compile import DEVICES, compile_model, compile_metadata
 from .quantization import get_scheme
 
-DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 DEFAULT_QUANTIZATION = {"cpu": "q4f32_1", "cuda": "q4f16_1", "webgpu": "q4f32_1"}
 CATALOG_DIR = Path(__file__).resolve().parent.parent / "models"
 

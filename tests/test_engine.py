@@ -307,6 +307,30 @@ def test_seeded_sampling_repeats_and_n_choices_differ(stories_engine):
 
 
 @pytest.mark.slow
+def test_return_token_ids_stream_and_not(stories_engine):
+    """return_token_ids (request_spec.json): prompt ids on the response (the first chunk when
+    streaming), each choice's generated ids on it (per chunk when streaming), as in the browser."""
+    body = dict(prompt=PROMPT, temperature=0.8, top_p=0.9, seed=3, max_tokens=12, return_token_ids=True)
+    r = stories_engine.completions.create(**body)
+    assert r.prompt_token_ids == [1, 403, 407, 261, 378]
+    ids = r.choices[0].token_ids
+    assert len(ids) == r.usage.completion_tokens
+    assert stories_engine.tokenizer.decode(r.prompt_token_ids + ids) == PROMPT + r.choices[0].text
+    chunks = list(stories_engine.completions.create(**body, stream=True))
+    assert chunks[0].prompt_token_ids == r.prompt_token_ids and all(c.prompt_token_ids is None for c in chunks[1:])
+    assert [t for c in chunks for t in c.choices[0].token_ids] == ids
+    chat = dict(messages=[{"role": "user", "content": PROMPT}], temperature=1.0, seed=11, n=2, max_tokens=10, return_token_ids=True)
+    whole = stories_engine.chat.completions.create(**chat)
+    streamed: dict[int, list[int]] = {}
+    for c in stories_engine.chat.completions.create(**chat, stream=True):
+        for choice in c.choices:
+            streamed.setdefault(choice.index, []).extend(choice.token_ids or [])  # role chunks carry none
+    assert streamed == {c.index: c.token_ids for c in whole.choices}
+    plain = stories_engine.completions.create(prompt=PROMPT, max_tokens=2).model_dump()
+    assert "prompt_token_ids" not in plain and "token_ids" not in plain["choices"][0]
+
+
+@pytest.mark.slow
 def test_context_window_errors_and_length_limit(stories_engine):
     window = stories_engine.config["context_window_size"]
     with pytest.raises(RequestError) as info:
@@ -381,12 +405,45 @@ def test_bench_measures_both_engines_on_the_same_tokens():
 
     from sphere_aae.bench import format_bench, run_bench
 
-    r = run_bench(str(STORIES), quantization="q0f32", prompt=PROMPT, max_tokens=40)
+    r = run_bench(str(STORIES), quantization="q0f32", prompt=PROMPT, max_tokens=40,
+                  against=["transformers", "llama.cpp"], contexts=[100], streams=2)
     assert r["aae"]["text"] == REFERENCE_CONTINUATION == r["transformers"]["text"]
     for side in ("aae", "transformers"):
         assert r[side]["completion_tokens"] == 40 and r[side]["prompt_tokens"] == 5
         for key in ("load_s", "ttft_s", "prefill_tokens_per_s", "decode_tokens_per_s", "peak_rss_mb"):
             assert r[side][key] > 0, (side, key)
+        (ctx,) = r[side]["contexts"]  # the same 100 ids of context on both sides, the same greedy text
+        assert ctx["context"] == 100 and ctx["prompt_tokens"] == 100 and ctx["decode_tokens_per_s"] > 0
+    assert r["aae"]["contexts"][0]["text"] == r["transformers"]["contexts"][0]["text"]
+    ratios = r["ratios"]["transformers"]
+    assert ratios["prompt"]["decode_tokens_per_s"] == r["aae"]["decode_tokens_per_s"] / r["transformers"]["decode_tokens_per_s"]
+    assert set(ratios) == {"prompt", "100"}
+    # stories260K is a safetensors folder: llama.cpp (GGUF only) is refused with the reason, the
+    # rest of the run still reports
+    assert r["llama.cpp"] is None and "GGUF" in r["llama.cpp_error"]
+    assert r["machine"]["vcpus"] >= 1 and r["machine"]["cpu"]
+    st = r["aae"]["streams"]
+    assert st["streams"] == 2 and st["total_tokens_per_s"] > 0 and st["speedup"] == st["total_tokens_per_s"] / st["one_stream_tokens_per_s"]
     report = format_bench(r)
     assert "time to first token" in report and "agree on the first 24 words" in report
+    assert "with 100 tokens of context" in report and "AAE / transformers" in report and "llama.cpp not run" in report
+    assert "2 concurrent streams" in report
     json.dumps(r)  # the CLI's --json output
+
+
+def test_runtime_processes_keep_torch_out() -> None:
+    """chat / serve / bench's worker keep PyTorch out of the process (tvm_ffi would import it,
+    ~250 MB of memory); code that needs it (.bin checkpoints) still gets it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, sphere_aae\n"
+        "sphere_aae.keep_torch_out()\n"
+        "import tvm\n"
+        "from sphere_aae.engine import SphereAaeEngine\n"
+        "assert sys.modules['torch'] is None, 'torch was imported'\n"
+        "print(sphere_aae.import_torch().__name__)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "torch", r.stderr[-2000:]

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import models
+from .. import import_torch, models
 from .base import ModelSourceError, SourceModel, check_tensor_set, normalize_hf_config
 from .safetensors_io import SafetensorsFile
 from .sentencepiece_model import read_sentencepiece_model
@@ -96,7 +96,7 @@ def _load_safetensors(folder: Path) -> tuple[dict[str, tuple[int, ...]], dict[st
 
 
 def _torch_load(path: Path) -> dict[str, Any]:
-    import torch  # only needed for .bin checkpoints
+    torch = import_torch()  # only needed for .bin checkpoints
 
     try:
         # mmap=True keeps tensors on disk until touched (zip-format checkpoints, torch >= 1.6);
@@ -125,7 +125,7 @@ def _torch_load(path: Path) -> dict[str, Any]:
 
 def _load_bin(folder: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str],
                                      Callable[[str], np.ndarray]]:
-    import torch
+    torch = import_torch()
 
     index = folder / "pytorch_model.bin.index.json"
     if index.is_file():

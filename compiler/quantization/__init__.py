@@ -27,6 +27,7 @@ import numpy as np
 from tvm.relax.frontend import nn
 
 from ..models.base import Embedding
+from . import cpu_kernels
 from .group_quant import GroupQuantEmbedding, GroupQuantLinear, GroupQuantSpec, dequantize_array, quantize_array
 
 
@@ -71,27 +72,45 @@ def get_scheme(name: str) -> QuantScheme:
 
 
 class _SwapModules(nn.Mutator):
-    def __init__(self, scheme: QuantScheme):
+    def __init__(self, scheme: QuantScheme, device: str | None):
         self.scheme = scheme
+        self.device = device
         self.quantized: dict[str, int] = {}  # unquantized weight name -> in_features
+        self.layouts: dict[str, str] = {}  # stored parameter -> the layout the compiled model declares
+
+    def _layout(self, name: str, out_features: int, in_features: int) -> str | None:
+        spec = self.scheme.weight
+        if self.device != "cpu" or spec is None or not cpu_kernels.eligible(out_features, in_features, spec, self.scheme.model_dtype):
+            return None
+        for part in ("q_weight", "q_scale", "q_min"):
+            self.layouts[f"{name}.{part}"] = cpu_kernels.LAYOUT
+        if spec.symmetric:
+            del self.layouts[f"{name}.q_min"]
+        return cpu_kernels.LAYOUT
 
     def visit_module(self, name: str, node: nn.Module):
         spec, dtype = self.scheme.weight, self.scheme.model_dtype
         if spec is not None and isinstance(node, nn.Linear):
             self.quantized[f"{name}.weight"] = node.in_features
-            return GroupQuantLinear(node.in_features, node.out_features, spec, dtype, bias=node.bias is not None)
+            layout = self._layout(name, node.out_features, node.in_features)
+            return GroupQuantLinear(node.in_features, node.out_features, spec, dtype, bias=node.bias is not None, layout=layout)
         if spec is not None and isinstance(node, Embedding):
             self.quantized[f"{name}.weight"] = int(node.dim)
-            return GroupQuantEmbedding(int(node.num), int(node.dim), spec, dtype)
+            layout = self._layout(name, int(node.num), int(node.dim))
+            return GroupQuantEmbedding(int(node.num), int(node.dim), spec, dtype, layout=layout)
         return self.visit(name, node)
 
 
-def quantize_model(model: nn.Module, scheme: QuantScheme) -> tuple[nn.Module, dict[str, int]]:
-    """Cast to the scheme's dtype and swap weight modules; returns the names that were quantized."""
+def quantize_model(model: nn.Module, scheme: QuantScheme, device: str | None = None
+                   ) -> tuple[nn.Module, dict[str, int], dict[str, str]]:
+    """Cast to the scheme's dtype and swap weight modules. Returns the model, the names that
+    were quantized (-> in_features), and the stored tensors the model declares in another layout
+    than the stored one (-> layout name): for `device="cpu"`, eligible matrices use cpu_kernels'
+    interleaved rows, which the native runtime makes when it loads them."""
     model.to(scheme.model_dtype)
-    swapper = _SwapModules(scheme)
+    swapper = _SwapModules(scheme, device)
     model = swapper.visit("", model)
-    return model, swapper.quantized
+    return model, swapper.quantized, swapper.layouts
 
 
 def unquantized_kind(name: str, shape: tuple[int, ...]) -> str:

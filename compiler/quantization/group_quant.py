@@ -26,6 +26,8 @@ from tvm import te, tirx
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import Tensor, op
 
+from . import cpu_kernels
+
 
 @dataclasses.dataclass(frozen=True)
 class GroupQuantSpec:
@@ -96,27 +98,54 @@ def dequantize_array(stored: dict[str, np.ndarray], in_features: int, spec: Grou
     return codes * per_elem(stored["q_scale"]) + per_elem(stored["q_min"])
 
 
-def _dequantize_te(tensors: list[te.Tensor], rows, in_features: int, spec: GroupQuantSpec, dtype: str):
+def _dequantize_te(tensors: list[te.Tensor], rows, in_features: int, spec: GroupQuantSpec, dtype: str, row=None):
+    """Rows of the dequantized matrix; `row(i)` gives the matrix row of output row i when the
+    stored tensors are the whole matrix in the interleaved CPU layout (an embedding lookup)."""
     q_weight, q_scale = tensors[0], tensors[1]
     mask = tirx.const((1 << spec.bits) - 1, spec.storage_dtype)
 
+    def at(t: te.Tensor, i, col):
+        if row is None:
+            return t[i, col]
+        r = row(i)
+        return t[r // cpu_kernels.ROWS, col, r % cpu_kernels.ROWS]
+
     def element(i, j):
-        word = q_weight[i, j // spec.per_storage]
+        word = at(q_weight, i, j // spec.per_storage)
         shift = ((j % spec.per_storage) * spec.bits).astype(spec.storage_dtype)
         code = tirx.bitwise_and(tirx.shift_right(word, shift), mask).astype(dtype)
         group = j // spec.group_size
         if spec.symmetric:
-            return (code - tirx.const(spec.max_int, dtype)) * q_scale[i, group]
-        return code * q_scale[i, group] + tensors[2][i, group]
+            return (code - tirx.const(spec.max_int, dtype)) * at(q_scale, i, group)
+        return code * at(q_scale, i, group) + at(tensors[2], i, group)
 
     return te.compute((rows, in_features), element, name="dequantize")
+
+
+def _cpu_matmul(x: Tensor, stored: list[Tensor], out_features: int, in_features: int, spec: GroupQuantSpec,
+                name: str) -> Tensor:
+    """x[..., in] @ W^T with cpu_kernels' hand-written kernel on the interleaved layout."""
+    lead = list(x.shape[:-1])
+    rows = 1
+    for d in lead:
+        rows = rows * d
+    single = isinstance(rows, int) and rows == 1  # decode: one row, no tile bookkeeping
+    kernel = cpu_kernels.matmul_kernel(out_features, in_features, spec, 1 if single else cpu_kernels.M_TILE)
+    flat = op.reshape(x, [rows, in_features])
+    out = op.tensor_ir_op(kernel, name, args=[flat, *stored], out=Tensor.placeholder([rows, out_features], "float32"))
+    return op.reshape(out, [*lead, out_features])
 
 
 class _QuantizedWeight(nn.Module):
     """The stored tensors of one quantized matrix: codes, scales and (asymmetric) minima."""
 
-    def _declare(self, out_features: int, in_features: int, spec: GroupQuantSpec, dtype: str) -> None:
+    def _declare(self, out_features: int, in_features: int, spec: GroupQuantSpec, dtype: str, layout: str | None) -> None:
+        """`layout`: None for the stored layout, cpu_kernels.LAYOUT for 16 interleaved rows
+        (the native runtime repacks the stored tensors into it when it loads them)."""
         w_shape, s_shape = spec.shapes(out_features, in_features)
+        if layout is not None:
+            w_shape, s_shape = cpu_kernels.interleaved_shape(w_shape), cpu_kernels.interleaved_shape(s_shape)
+        self.layout = layout
         self.q_weight = nn.Parameter(w_shape, spec.storage_dtype)
         self.q_scale = nn.Parameter(s_shape, dtype)
         if not spec.symmetric:
@@ -153,42 +182,54 @@ class GroupQuantLinear(_QuantizedWeight):
     """Drop-in for nn.Linear holding packed codes + scales (+ minima); a bias, when the layer
     has one, stays a float vector in the model dtype (it is `out` numbers, not a matrix)."""
 
-    def __init__(self, in_features: int, out_features: int, spec: GroupQuantSpec, dtype: str, bias: bool = False):
+    def __init__(self, in_features: int, out_features: int, spec: GroupQuantSpec, dtype: str, bias: bool = False,
+                 layout: str | None = None):
         self.in_features = in_features
         self.out_features = out_features
         self.spec = spec
         self.dtype = dtype
-        self._declare(out_features, in_features, spec, dtype)
+        self._declare(out_features, in_features, spec, dtype, layout)
         self.bias = nn.Parameter((out_features,), dtype) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
-        out = op.tensor_expr_op(
-            lambda xt, *ts: _matmul_dequantized(xt, list(ts), self.out_features, self.in_features, self.spec, self.dtype),
-            "quantized_matmul",
-            args=[x, *self._stored()],
-        )
+        if self.layout is not None:
+            out = _cpu_matmul(x, self._stored(), self.out_features, self.in_features, self.spec, "quantized_matmul")
+        else:
+            out = op.tensor_expr_op(
+                lambda xt, *ts: _matmul_dequantized(xt, list(ts), self.out_features, self.in_features, self.spec, self.dtype),
+                "quantized_matmul",
+                args=[x, *self._stored()],
+            )
         return out + self.bias if self.bias is not None else out
 
 
 class GroupQuantEmbedding(_QuantizedWeight):
     """Drop-in for models.base.Embedding: gathers packed rows, dequantizes only those."""
 
-    def __init__(self, num: int, dim: int, spec: GroupQuantSpec, dtype: str):
+    def __init__(self, num: int, dim: int, spec: GroupQuantSpec, dtype: str, layout: str | None = None):
         self.num = num
         self.dim = dim
         self.spec = spec
         self.dtype = dtype
-        self._declare(num, dim, spec, dtype)
+        self._declare(num, dim, spec, dtype, layout)
 
     def forward(self, ids: Tensor) -> Tensor:
         flat = op.reshape(ids, [-1]) if ids.ndim != 1 else ids
-        rows = [op.take(t, flat, axis=0) for t in self._stored()]
-        out = self._dequantize(rows, None, self.dim, "dequantize_rows")
+        if self.layout is not None:  # row r of the matrix is lane r % 16 of block r // 16
+            out = op.tensor_expr_op(
+                lambda ids_te, *ts: _dequantize_te(list(ts), ids_te.shape[0], self.dim, self.spec, self.dtype,
+                                                   row=lambda i: ids_te[i]),
+                "dequantize_rows", args=[flat, *self._stored()])
+        else:
+            rows = [op.take(t, flat, axis=0) for t in self._stored()]
+            out = self._dequantize(rows, None, self.dim, "dequantize_rows")
         if ids.ndim != 1:
             out = op.reshape(out, [*ids.shape, self.dim])
         return out
 
     def lm_head_forward(self, hidden: Tensor) -> Tensor:
+        if self.layout is not None:
+            return _cpu_matmul(hidden, self._stored(), self.num, self.dim, self.spec, "quantized_lm_head")
         return op.tensor_expr_op(
             lambda xt, *ts: _matmul_dequantized(xt, list(ts), self.num, self.dim, self.spec, self.dtype),
             "quantized_lm_head",

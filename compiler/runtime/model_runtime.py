@@ -19,6 +19,7 @@ from tvm import relax
 from tvm.runtime import ShapeTuple
 
 from .. import artifact
+from ..quantization import cpu_kernels
 
 
 class ContextWindowError(ValueError):
@@ -36,8 +37,11 @@ def _device(name: str) -> tvm.runtime.Device:
     raise ValueError(f"the native runtime runs on cpu or cuda, not {name!r} (webgpu models run in the browser: aae-web)")
 
 
-def load_params(model_dir: Path, device: tvm.runtime.Device, *, verify: bool = True) -> list[tvm.runtime.Tensor]:
-    """Every tensor of the manifest, in order, on `device`. Corrupt or short shards are errors."""
+def load_params(model_dir: Path, device: tvm.runtime.Device, *, verify: bool = True,
+                layouts: dict[str, str] | None = None) -> list[tvm.runtime.Tensor]:
+    """Every tensor of the manifest, in order, on `device`. Corrupt or short shards are errors.
+    `layouts` (a library's `param_layouts`) names tensors the library declares in another layout
+    than the stored one; they are repacked here, once (cpu_kernels.interleave_rows)."""
     manifest = artifact.read_manifest(model_dir)
     shards: list[bytes] = []
     for shard in manifest["shards"]:
@@ -56,6 +60,11 @@ def load_params(model_dir: Path, device: tvm.runtime.Device, *, verify: bool = T
     for t in manifest["tensors"]:
         raw = shards[t["shard"]][t["byte_offset"] : t["byte_offset"] + t["bytes"]]
         arr = np.frombuffer(raw, dtype=t["dtype"]).reshape(t["shape"])
+        layout = (layouts or {}).get(t["name"])
+        if layout is not None:
+            if layout != cpu_kernels.LAYOUT:
+                raise artifact.ArtifactError(f"the library wants {t['name']} in layout {layout!r}, which this runtime cannot make; recompile")
+            arr = cpu_kernels.interleave_rows(arr)
         params.append(tvm.runtime.tensor(arr, device))
     return params
 
@@ -97,7 +106,8 @@ class ModelRuntime:
                 f"{lib_path} was built for {self.metadata['model_type']}/{self.metadata['quantization']}, "
                 f"the model folder is {self.config['model_type']}/{self.config['quantization']}; recompile"
             )
-        self.params = load_params(self.model_dir, self.device, verify=verify_weights)
+        self.params = load_params(self.model_dir, self.device, verify=verify_weights,
+                                  layouts=self.metadata.get("param_layouts"))
         self.vocab_size = int(self.config["model_config"]["vocab_size"])
         self.context_window_size = int(self.config["context_window_size"])
         self.prefill_chunk_size = int(self.config["prefill_chunk_size"])
