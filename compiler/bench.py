@@ -64,6 +64,12 @@ def _runs(args: Mapping[str, Any], prompt_ids: list[int]) -> list[tuple[int | No
     return [(None, list(prompt_ids))] + [(n, context_ids(prompt_ids, n)) for n in args.get("contexts") or []]
 
 
+def bench_context_size(n_prompt: int, args: Mapping[str, Any]) -> int:
+    """The context every side is given: room for the longest run and its new tokens (AAE's KV
+    cache and llama.cpp's n_ctx alike, so their memory is compared at one capacity)."""
+    return max([n_prompt, *(args.get("contexts") or [])]) + args["max_tokens"] + 8
+
+
 def _speeds(n_prompt: int, n_new: int, first_s: float, total_s: float) -> dict[str, Any]:
     """Figures from the time to the first generated token and to the last one."""
     decode_s = total_s - first_s
@@ -78,11 +84,20 @@ def _aae_worker(args: dict[str, Any]) -> dict[str, Any]:
     from . import keep_torch_out
 
     keep_torch_out()  # measure the runtime's own memory, as `sphere_aae serve` runs it
-    from .engine import SphereAaeEngine
+    from .engine import SphereAaeEngine, TextTokenizer
+    from .pipeline import prepare_model
 
+    overrides = args["overrides"]
+    if overrides is None:
+        # The KV cache sized as llama.cpp's (the same context length), not the model's default.
+        prepared = prepare_model(args["model"], quantization=args["quantization"], device=args["device"],
+                                 model_lib=args["model_lib"])
+        n_prompt = len(TextTokenizer(prepared.model_dir, prepared.config).encode(args["prompt"]))
+        n_ctx = bench_context_size(n_prompt, args)
+        overrides = {"context_window_size": n_ctx, "prefill_chunk_size": min(int(prepared.config["prefill_chunk_size"]), n_ctx)}
     t0 = time.perf_counter()
     engine = SphereAaeEngine(
-        args["model"], device=args["device"], quantization=args["quantization"], model_lib=args["model_lib"], overrides=args["overrides"]
+        args["model"], device=args["device"], quantization=args["quantization"], model_lib=args["model_lib"], overrides=overrides
     )
     load_s = time.perf_counter() - t0
     try:
@@ -226,7 +241,7 @@ def _llamacpp_worker(args: dict[str, Any]) -> dict[str, Any]:
         from llama_cpp import Llama
     except ImportError as e:
         raise RuntimeError(f"llama.cpp is not installed ({e}); {LLAMACPP_HINT}") from None
-    n_ctx = max([len(args["prompt_ids"]), *(args.get("contexts") or [])]) + args["max_tokens"] + 8
+    n_ctx = bench_context_size(len(args["prompt_ids"]), args)
     t0 = time.perf_counter()
     llm = Llama(model_path=source, n_ctx=n_ctx, n_batch=512, n_threads=args["threads"], n_threads_batch=args["threads"],
                 logits_all=False, verbose=False)
