@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import glm
-from .base import Architecture, ArchitectureError, ParamSource, vocab_sources
+from .base import Architecture, ArchitectureError, ParamSource, _rows, vocab_sources
 from .decoder import DecoderConfig
 
 SPECIAL_TOKENS = ("[MASK]", "[gMASK]", "[sMASK]", "sop", "eop", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>")
@@ -95,10 +95,6 @@ def reference_config(hf: dict[str, Any]) -> dict[str, Any]:
             "head_dim", "vocab_size", "max_position_embeddings", "rms_norm_eps", "rope_theta",
             "partial_rotary_factor", "attention_bias", "hidden_act", "tie_word_embeddings", "eos_token_id", "pad_token_id")
     return {"model_type": "glm", "architectures": ["GlmForCausalLM"], **{k: hf.get(k) for k in keys}}
-
-
-def _rows(start: int, stop: int):
-    return lambda w: w[start:stop]
 
 
 def reference_weights(hf: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], ParamSource]]:
