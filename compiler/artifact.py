@@ -31,6 +31,8 @@ MAX_BINDING_BYTES: int = FORMAT["max_binding_bytes"]
 DTYPE_BYTES: dict[str, int] = FORMAT["dtype_bytes"]
 CHAT_CONFIG_OPTIONAL: dict[str, Any] = FORMAT["chat_config_optional"]
 MESSAGES: dict[str, str] = FORMAT["messages"]
+VM_FUNCTIONS: dict[str, list[str]] = FORMAT["functions"]
+KV_BUILTINS: dict[str, str] = FORMAT["kv_builtins"]
 
 
 class ArtifactError(ValueError):

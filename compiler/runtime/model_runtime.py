@@ -82,6 +82,29 @@ def load_params(model_dir: Path, device: tvm.runtime.Device, *, verify: bool = T
     return params  # type: ignore[return-value]
 
 
+def prefill_chunk_length(seq_len: int, prefill_chunk_size: int, sliding_window_size: int) -> int:
+    """Tokens the next prefill call may take for a sequence holding `seq_len` tokens (ARTIFACT.md,
+    "Sliding-window models"; web/src/model_runtime.ts's prefillChunkLength is its twin, and
+    tests/fixtures/runtime_cases.json holds both sides to the same answers).
+
+    TVM 0.27's windowed prefill kernels are exact only while no key of the chunk's queries
+    falls out of the window: its within-chunk kernel ignores the window, and its CPU kernel
+    over cached keys yields NaN when the first cached key is masked. So chunks stay inside
+    the window; past it, tokens go one at a time (the decode kernels, which are exact), and
+    only long prompts on sliding-window models ever get there.
+    """
+    if sliding_window_size <= 0:
+        return prefill_chunk_size
+    return max(1, min(prefill_chunk_size, sliding_window_size - seq_len))
+
+
+def kv_cache_args(context_window_size: int, prefill_chunk_size: int, max_batch_size: int) -> list[int]:
+    """`create_tir_paged_kv_cache`'s arguments, in order (ARTIFACT.md): room for every sequence's
+    whole context window, and TVM's evicting sliding window off for every model (windows live in
+    the kernels of the layers that have one). Twin: web/src/model_runtime.ts kvCacheArgs."""
+    return [max_batch_size, context_window_size * max_batch_size, prefill_chunk_size, artifact.KV_PAGE_SIZE, 0]
+
+
 class ModelRuntime:
     """One compiled model on one device with one paged KV cache shared by its sequences.
 
@@ -131,26 +154,20 @@ class ModelRuntime:
         self._f_decode = self.vm["decode"]
         self._f_batch_decode = self.vm["batch_decode"]
         get = tvm.get_global_func
-        self._kv_add = get("vm.builtin.kv_state_add_sequence")
-        self._kv_remove = get("vm.builtin.kv_state_remove_sequence")
-        self._kv_begin = get("vm.builtin.kv_state_begin_forward")
-        self._kv_end = get("vm.builtin.kv_state_end_forward")
-        self._kv_clear = get("vm.builtin.kv_state_clear")
+        names = artifact.KV_BUILTINS
+        self._kv_add = get(names["add_sequence"])
+        self._kv_remove = get(names["remove_sequence"])
+        self._kv_begin = get(names["begin_forward"])
+        self._kv_end = get(names["end_forward"])
+        self._kv_clear = get(names["clear"])
+        self._kv_popn = get(names["popn"])
         self.kv = self._create_kv_cache()
         self._lengths: dict[int, int] = {}
         self._next_seq = 0
 
     def _create_kv_cache(self):
-        # Sliding windows live in the kernels of the layers that have one (ARTIFACT.md); the cache
-        # keeps every token of every sequence, and TVM's evicting window stays off.
-        total = self.context_window_size * self.max_batch_size
-        return self.vm["create_tir_paged_kv_cache"](
-            ShapeTuple([self.max_batch_size]),
-            ShapeTuple([total]),
-            ShapeTuple([self.prefill_chunk_size]),
-            ShapeTuple([artifact.KV_PAGE_SIZE]),
-            ShapeTuple([0]),
-        )
+        args = kv_cache_args(self.context_window_size, self.prefill_chunk_size, self.max_batch_size)
+        return self.vm["create_tir_paged_kv_cache"](*(ShapeTuple([a]) for a in args))
 
     # -- sequences ----------------------------------------------------------------------------
     def add_sequence(self) -> int:
@@ -173,6 +190,15 @@ class ModelRuntime:
 
     def sequence_length(self, seq_id: int) -> int:
         return self._lengths[seq_id]
+
+    def pop_tokens(self, seq_id: int, n: int) -> None:
+        """Drop the sequence's last `n` tokens (a new request reusing a cached prefix)."""
+        with self._lock:
+            if not 0 <= n <= self._lengths[seq_id]:
+                raise ValueError(f"cannot pop {n} of sequence {seq_id}'s {self._lengths[seq_id]} tokens")
+            if n:
+                self._kv_popn(self.kv, seq_id, n)
+                self._lengths[seq_id] -= n
 
     def reset(self) -> None:
         with self._lock:
@@ -217,18 +243,7 @@ class ModelRuntime:
             return logits.numpy().reshape(-1, self.vocab_size)[-1]
 
     def _chunk_length(self, seq_id: int) -> int:
-        """Tokens the next prefill call may take for this sequence.
-
-        TVM 0.27's windowed prefill kernels are exact only while no key of the chunk's queries
-        falls out of the window: its within-chunk kernel ignores the window, and its CPU kernel
-        over cached keys yields NaN when the first cached key is masked. So chunks stay inside
-        the window; past it, tokens go one at a time (the decode kernels, which are exact), and
-        only long prompts on sliding-window models ever get there.
-        """
-        if self.sliding_window_size <= 0:
-            return self.prefill_chunk_size
-        room = self.sliding_window_size - self._lengths[seq_id]
-        return max(1, min(self.prefill_chunk_size, room))
+        return prefill_chunk_length(self._lengths[seq_id], self.prefill_chunk_size, self.sliding_window_size)
 
     def decode(self, seq_ids: list[int], token_ids: list[int]) -> np.ndarray:
         """One new token for each sequence (batched); float32[len(seq_ids), vocab]."""

@@ -73,6 +73,7 @@ import { SPEC, errorText, type Endpoint } from "./request_spec.js";
 import { Sampler, randomSeed, type SampledToken, type SamplingParams } from "./sampling.js";
 import { ChatTemplate } from "./template.js";
 import { StreamingDetokenizer, TextTokenizer } from "./tokenizer.js";
+import { kvCacheArgs, prefillChunkLength } from "./model_runtime.js";
 
 // ---------------------------------------------------------------------------------------------
 // Public configuration types
@@ -249,44 +250,6 @@ async function requestDevice(gpu: GPU | undefined, requiredFeatures: readonly st
 }
 
 // ---------------------------------------------------------------------------------------------
-// Sliding-window rules (ARTIFACT.md, "Sliding-window models")
-//
-// The window is compiled into the kernels of the layers that have one (Gemma 2/3 alternate
-// sliding and global layers; Mistral slides on all). The KV cache keeps every token, so it is
-// created without TVM's evicting window (support_sliding_window = 0, never
-// enable_sliding_window), the context window bounds a sequence as for any model, and popN may
-// roll the cache back at any length. What remains is the prefill chunk rule below.
-
-/**
- * Length of the next prefill chunk for a sequence that already holds `seqLen` tokens.
- *
- * TVM 0.27's windowed prefill kernels are exact only while no key of the chunk's queries has
- * left the window (its within-chunk kernel ignores the window). So while the sequence is shorter
- * than the window W, a chunk may only fill it up to W; past the edge, tokens go in one at a time
- * through the decode-shaped path, which is exact (only long prompts on sliding-window models ever
- * get there). Without a window (`slidingWindowSize` <= 0) the chunk is simply `prefillChunkSize`.
- */
-export function prefillChunkLength(seqLen: number, prefillChunkSize: number, slidingWindowSize: number): number {
-  if (slidingWindowSize <= 0) return prefillChunkSize;
-  if (seqLen >= slidingWindowSize) return 1;
-  return Math.min(prefillChunkSize, slidingWindowSize - seqLen);
-}
-
-/**
- * `create_tir_paged_kv_cache`'s arguments, in order (ARTIFACT.md): one sequence per engine, room
- * for the whole context window, and TVM's evicting sliding window off, for every model.
- */
-export function kvCacheArgs(config: Pick<ChatConfig, "context_window_size" | "prefill_chunk_size">): number[] {
-  return [
-    1, // max_batch_size: one conversation per engine
-    config.context_window_size, // max_total_seq_len: the cache keeps every token
-    config.prefill_chunk_size,
-    KV_PAGE_SIZE,
-    0, // support_sliding_window: windows live in the kernels
-  ];
-}
-
-// ---------------------------------------------------------------------------------------------
 // TVM backend
 
 /** Give tvmjs' bundled Emscripten WASI shim the CommonJS globals it expects under Node (never in browsers). */
@@ -347,7 +310,7 @@ export class TVMBackend implements ForwardBackend {
       // PopN lets a new turn reuse the shared prefix of the KV cache; optional.
       this.fPopN = TVMBackend.optionalGlobal(tvm, KV_BUILTINS.popn);
       const fCreateKV = this.vm.getFunction(VM_FUNCTIONS.createKVCache);
-      this.kv = detach(fCreateKV(...kvCacheArgs(config).map((v) => tvm.makeShapeTuple([v]))) as TVMObject);
+      this.kv = detach(fCreateKV(...kvCacheArgs(config.context_window_size, config.prefill_chunk_size, 1).map((v) => tvm.makeShapeTuple([v]))) as TVMObject);
       this.addSequence();
     } finally {
       tvm.endScope();

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { KV_BUILTINS, KV_PAGE_SIZE } from "../src/artifact.js";
 import { ContextWindowExceededError } from "../src/errors.js";
-import { kvCacheArgs, prefillChunkLength } from "../src/engine.js";
+import { kvCacheArgs, prefillChunkLength } from "../src/model_runtime.js";
 import * as engineModule from "../src/engine.js";
 import { chatConfig, fakeEngine, ids } from "./helpers.js";
 
@@ -58,7 +58,7 @@ test("the KV cache is created the same with or without a window: whole context, 
   for (const w of [-1, 5, 16, 4096]) {
     const config = chatConfig({ sliding_window_size: w, context_window_size: 256, prefill_chunk_size: 32 });
     // create_tir_paged_kv_cache(max_batch_size, max_total_seq_len, prefill_chunk_size, page_size, support_sliding_window)
-    assert.deepEqual(kvCacheArgs(config), [1, 256, 32, KV_PAGE_SIZE, 0], `W=${w}`);
+    assert.deepEqual(kvCacheArgs(config.context_window_size, config.prefill_chunk_size, 1), [1, 256, 32, KV_PAGE_SIZE, 0], `W=${w}`);
   }
   // TVM's per-sequence evicting window is gone from the contract and from the engine.
   assert.ok(!("enable_sliding_window" in KV_BUILTINS));
