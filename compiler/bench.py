@@ -84,7 +84,8 @@ def _aae_worker(args: dict[str, Any]) -> dict[str, Any]:
     from . import keep_torch_out
 
     keep_torch_out()  # measure the runtime's own memory, as `sphere_aae serve` runs it
-    from .engine import SphereAaeEngine, TextTokenizer
+    from .engine import SphereAaeEngine
+    from .tokenizer import TextTokenizer
     from .pipeline import prepare_model
 
     overrides = args["overrides"]

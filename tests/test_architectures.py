@@ -143,7 +143,7 @@ def test_catalog_cards_name_registered_architectures() -> None:
 def test_chat_template_fixture_matches_the_browser_engine() -> None:
     """Gemma-style templates reject a system role with their own error, a 400 (the JS engine runs
     the same fixture: web/test/template.test.ts)."""
-    from sphere_aae.engine import ChatTemplate
+    from sphere_aae.template import ChatTemplate
     from sphere_aae.protocol import RequestError
 
     fixture = read_json(Path(__file__).parent / "fixtures" / "chat_template_cases.json")

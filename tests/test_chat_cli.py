@@ -188,7 +188,7 @@ def test_chat_session_on_smollm2():
 
 @pytest.mark.slow
 def test_multiline_input_with_escape_enter():
-    from sphere_aae.engine import TextTokenizer
+    from sphere_aae.tokenizer import TextTokenizer
 
     tok = TextTokenizer(STORIES, {"bos_token_id": 1, "add_bos_token": True, "eos_token_ids": [2]})
     code = f"from sphere_aae.chat_cli import run_chat; run_chat({str(STORIES)!r}, quantization='q0f32')"

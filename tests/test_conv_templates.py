@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from sphere_aae import artifact, conv_templates
-from sphere_aae.engine import ChatTemplate, TextTokenizer
+from sphere_aae.template import ChatTemplate
+from sphere_aae.tokenizer import TextTokenizer
 from sphere_aae.gen_config import gen_config
 from sphere_aae.protocol import RequestError
 from sphere_aae.quantization import get_scheme

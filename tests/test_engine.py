@@ -10,17 +10,11 @@ from pathlib import Path
 import pytest
 from conftest import STORIES, STORIES_REFERENCE_TEXT
 
-from sphere_aae.engine import (
-    AsyncSphereAaeEngine,
-    ChatTemplate,
-    IncrementalDetokenizer,
-    OverrideError,
-    SphereAaeEngine,
-    StopStringMatcher,
-    TextTokenizer,
-    parse_overrides,
-)
+from sphere_aae.engine import AsyncSphereAaeEngine, OverrideError, SphereAaeEngine, parse_overrides
 from sphere_aae.protocol import RequestError
+from sphere_aae.template import ChatTemplate
+from sphere_aae.text_stream import StopStringMatcher
+from sphere_aae.tokenizer import IncrementalDetokenizer, TextTokenizer
 
 PROMPT = "Once upon a time"
 REFERENCE_CONTINUATION = STORIES_REFERENCE_TEXT[len(PROMPT) :]

@@ -13,7 +13,8 @@ from pathlib import Path
 from tiny_families import make_family
 
 from sphere_aae import artifact, conv_templates
-from sphere_aae.engine import ChatTemplate, TextTokenizer
+from sphere_aae.template import ChatTemplate
+from sphere_aae.tokenizer import TextTokenizer
 
 QUESTION = "What is the colour of the sky?"
 

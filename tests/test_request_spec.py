@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 from conftest import STORIES
 
-from sphere_aae.engine import IncrementalDetokenizer, StopStringMatcher, TextTokenizer, check_prompts
+from sphere_aae.scheduler import check_prompts
+from sphere_aae.text_stream import StopStringMatcher
+from sphere_aae.tokenizer import IncrementalDetokenizer, TextTokenizer
 from sphere_aae.protocol import RequestError, parse_chat_request, parse_completion_request
 from sphere_aae.request_spec import SAMPLING, SPEC
 from sphere_aae.sampling import Sampler, SamplingParams, SplitMix64, nucleus_order, spec_exp, spec_log, sum_ltr

@@ -41,8 +41,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..artifact import CHAT_CONFIG, read_chat_config  # stdlib only: no TVM
-from ..engine import ChatTemplate, TextTokenizer
 from ..protocol import RequestError, _bad_type, _boolean, _check_fields, _integer, _messages, _string
+from ..template import ChatTemplate
+from ..tokenizer import TextTokenizer
 
 DEFAULT_PORT = 12345  # the port the ax-llm demo scripts use for their tokenizer server
 MAX_BODY_BYTES = 16 * 1024 * 1024  # a prompt of a few million tokens; more is a mistake or abuse
