@@ -25,6 +25,7 @@ export const VM_FUNCTIONS = {
   embed: "embed",
   prefill: "prefill",
   decode: "decode",
+  batchDecode: "batch_decode",
   createKVCache: "create_tir_paged_kv_cache",
 } as const;
 
@@ -98,33 +99,45 @@ export interface TensorManifest {
 }
 
 type Json = Record<string, unknown>;
+type MessageKey = keyof typeof FORMAT.messages;
 
-function fail(source: string, message: string): never {
-  throw new ArtifactFormatError(`${source}: ${message}`, { source });
+/**
+ * The contract's error text (artifact_format.json "messages", the same the native engine gives),
+ * prefixed with the file. Values of any JSON type are passed through `show`.
+ */
+function fail(source: string, key: MessageKey, values: Record<string, string | number> = {}): never {
+  const text = FORMAT.messages[key].replace(/\{(\w+)\}/g, (m, name: string) => (name in values ? String(values[name]) : m));
+  throw new ArtifactFormatError(`${source}: ${text}`, { source });
+}
+
+/** A value as JSON text, for messages ("missing" when absent). */
+function show(v: unknown): string {
+  return v === undefined ? "missing" : JSON.stringify(v);
 }
 
 function isObject(v: unknown): v is Json {
   return typeof v === "object" && v !== null && !Array.isArray(v);
 }
 
+function isInt(v: unknown): v is number {
+  return typeof v === "number" && Number.isSafeInteger(v);
+}
+
 function isNonNegInt(v: unknown): v is number {
-  return typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
+  return isInt(v) && v >= 0;
 }
 
 function requireKeys(obj: Json, keys: readonly string[], what: string, source: string): void {
-  const missing = keys.filter((k) => !(k in obj));
-  if (missing.length) fail(source, `${what} lacks ${missing.join(", ")}; rebuild the model folder`);
+  const missing = keys.filter((k) => !Object.prototype.hasOwnProperty.call(obj, k));
+  if (missing.length) fail(source, "lacks", { what, keys: missing.join(", ") });
 }
 
-function checkVersion(obj: Json, source: string): void {
-  const v = obj["format_version"];
-  if (v !== FORMAT_VERSION) {
-    fail(
-      source,
-      `format_version ${JSON.stringify(v)}, but this engine reads format ${FORMAT_VERSION}; ` +
-        `rebuild the model with a matching sphere_aae (or upgrade the web package)`,
-    );
-  }
+/** A JSON object of this format version with every required key, or the contract's error. */
+function checkDocument(raw: unknown, required: readonly string[], what: string, source: string): asserts raw is Json {
+  if (!isObject(raw)) fail(source, "not_object");
+  const v = raw["format_version"];
+  if (v !== FORMAT_VERSION) fail(source, "format_version", { got: show(v), expected: FORMAT_VERSION });
+  requireKeys(raw, required, what, source);
 }
 
 /**
@@ -132,46 +145,38 @@ function checkVersion(obj: Json, source: string): void {
  * scheme. Otherwise a manifest could point the loader at another origin or path.
  */
 export function checkRelativePath(file: unknown, what: string, source: string): string {
-  if (typeof file !== "string" || file.length === 0) fail(source, `${what} must be a non-empty string`);
+  if (typeof file !== "string" || file.length === 0) fail(source, "non_empty_string", { what });
   if (/^[a-zA-Z][a-zA-Z0-9+.-]*:/.test(file) || file.startsWith("/") || file.startsWith("\\")) {
-    fail(source, `${what} ${JSON.stringify(file)} must be a path relative to the model folder`);
+    fail(source, "relative_path", { what, file: show(file) });
   }
-  if (file.split(/[\\/]/).some((seg) => seg === ".." || seg === ".")) {
-    fail(source, `${what} ${JSON.stringify(file)} must not contain "." or ".." segments`);
-  }
+  if (file.split(/[\\/]/).some((seg) => seg === ".." || seg === ".")) fail(source, "dot_segments", { what, file: show(file) });
   return file;
 }
 
 export function parseChatConfig(raw: unknown, source = CHAT_CONFIG_FILE): ChatConfig {
-  if (!isObject(raw)) fail(source, "expected a JSON object");
-  checkVersion(raw, source);
-  requireKeys(raw, FORMAT.chat_config_required, "chat config", source);
+  checkDocument(raw, FORMAT.chat_config_required, "chat config", source);
   const c = raw as unknown as ChatConfig;
-  if (typeof c.model_id !== "string" || !c.model_id) fail(source, "model_id must be a non-empty string");
+  if (typeof c.model_id !== "string" || !c.model_id) fail(source, "non_empty_string", { what: "model_id" });
   for (const k of ["context_window_size", "prefill_chunk_size", "max_batch_size"] as const) {
-    if (!isNonNegInt(c[k]) || c[k] < 1) fail(source, `${k} must be a positive integer`);
+    if (!isInt(c[k]) || c[k] < 1) fail(source, "positive_integer", { what: k });
   }
-  if (typeof c.sliding_window_size !== "number" || !Number.isInteger(c.sliding_window_size)) {
-    fail(source, "sliding_window_size must be an integer (-1 for off)");
-  }
-  if (!isObject(c.model_config)) fail(source, "model_config must be an object");
+  if (!isInt(c.sliding_window_size)) fail(source, "sliding_window_size");
+  if (!isObject(c.model_config)) fail(source, "object", { what: "model_config" });
   for (const k of ["hidden_size", "vocab_size"] as const) {
-    if (!isNonNegInt(c.model_config[k]) || c.model_config[k] < 1) fail(source, `model_config.${k} must be a positive integer`);
+    if (!isInt(c.model_config[k]) || c.model_config[k] < 1) fail(source, "positive_integer", { what: `model_config.${k}` });
   }
-  if (!Array.isArray(c.eos_token_ids) || !c.eos_token_ids.every(isNonNegInt)) {
-    fail(source, "eos_token_ids must be an array of token ids");
-  }
-  if (c.bos_token_id !== null && !isNonNegInt(c.bos_token_id)) fail(source, "bos_token_id must be a token id or null");
-  if (c.chat_template !== null && typeof c.chat_template !== "string") fail(source, "chat_template must be a string or null");
+  if (!Array.isArray(c.eos_token_ids) || !c.eos_token_ids.every(isNonNegInt)) fail(source, "token_ids", { what: "eos_token_ids" });
+  if (c.bos_token_id !== null && !isNonNegInt(c.bos_token_id)) fail(source, "token_id_or_null", { what: "bos_token_id" });
+  if (c.chat_template !== null && typeof c.chat_template !== "string") fail(source, "string_or_null", { what: "chat_template" });
   if (!Array.isArray(c.required_features) || !c.required_features.every((f) => typeof f === "string")) {
-    fail(source, "required_features must be an array of strings");
+    fail(source, "strings", { what: "required_features" });
   }
-  if (!isObject(c.model_lib)) fail(source, "model_lib must be an object mapping device to file");
+  if (!isObject(c.model_lib)) fail(source, "model_lib");
   for (const [device, file] of Object.entries(c.model_lib)) checkRelativePath(file, `model_lib.${device}`, source);
   checkRelativePath(c.manifest, "manifest", source);
-  if (!Array.isArray(c.tokenizer_files)) fail(source, "tokenizer_files must be an array");
+  if (!Array.isArray(c.tokenizer_files)) fail(source, "array", { what: "tokenizer_files" });
   c.tokenizer_files.forEach((f, i) => checkRelativePath(f, `tokenizer_files[${i}]`, source));
-  if (!isObject(c.sampling)) fail(source, "sampling must be an object");
+  if (!isObject(c.sampling)) fail(source, "object", { what: "sampling" });
   checkSingleDevice(c, source);
   return c;
 }
@@ -183,59 +188,52 @@ export function parseChatConfig(raw: unknown, source = CHAT_CONFIG_FILE): ChatCo
 function checkSingleDevice(c: ChatConfig, source: string): void {
   // Only absence means the default (as in Python): an explicit null is malformed.
   const shards: unknown = c.tensor_parallel_shards === undefined ? FORMAT.chat_config_optional.tensor_parallel_shards : c.tensor_parallel_shards;
-  if (!isNonNegInt(shards) || shards < 1) {
-    fail(source, `tensor_parallel_shards must be an integer >= 1, got ${JSON.stringify(shards)}`);
-  }
-  if (shards !== 1) fail(source, FORMAT.messages.tensor_parallel_shards.replace("{shards}", String(shards)));
+  if (!isInt(shards) || shards < 1) fail(source, "tensor_parallel_shards_type", { got: show(shards) });
+  if (shards !== 1) fail(source, "tensor_parallel_shards", { shards });
 }
 
-export function dtypeBytes(dtype: string): number | undefined {
-  return DTYPE_BYTES[dtype];
+/** Bytes per element of a dtype the contract knows (own keys only: not "constructor"). */
+export function dtypeBytes(dtype: unknown): number | undefined {
+  return typeof dtype === "string" && Object.prototype.hasOwnProperty.call(DTYPE_BYTES, dtype) ? DTYPE_BYTES[dtype] : undefined;
 }
 
 export function parseManifest(raw: unknown, source = MANIFEST_FILE): TensorManifest {
-  if (!isObject(raw)) fail(source, "expected a JSON object");
-  checkVersion(raw, source);
-  requireKeys(raw, FORMAT.manifest_required, "manifest", source);
+  checkDocument(raw, FORMAT.manifest_required, "manifest", source);
   const m = raw as unknown as TensorManifest;
-  if (!Array.isArray(m.shards)) fail(source, "shards must be an array");
-  if (!Array.isArray(m.tensors)) fail(source, "tensors must be an array");
+  if (!Array.isArray(m.shards)) fail(source, "array", { what: "shards" });
+  if (!Array.isArray(m.tensors)) fail(source, "array", { what: "tensors" });
 
   let sum = 0;
   m.shards.forEach((s, i) => {
     const where = `shards[${i}]`;
-    if (!isObject(s)) fail(source, `${where} must be an object`);
-    requireKeys(s as unknown as Json, FORMAT.shard_required, where, source);
+    if (!isObject(s)) fail(source, "object", { what: where });
+    requireKeys(s, FORMAT.shard_required, where, source);
     checkRelativePath(s.file, `${where}.file`, source);
-    if (!isNonNegInt(s.bytes)) fail(source, `${where}.bytes must be a non-negative integer`);
-    if (typeof s.sha256 !== "string" || !/^[0-9a-f]{64}$/.test(s.sha256)) {
-      fail(source, `${where}.sha256 must be 64 lowercase hex digits`);
-    }
+    if (!isNonNegInt(s.bytes)) fail(source, "non_negative_integer", { what: `${where}.bytes` });
+    if (typeof s.sha256 !== "string" || !/^[0-9a-f]{64}$/.test(s.sha256)) fail(source, "sha256", { what: `${where}.sha256` });
     sum += s.bytes;
   });
-  if (m.total_bytes !== sum) fail(source, `total_bytes is ${m.total_bytes} but the shards add up to ${sum}`);
+  if (m.total_bytes !== sum) fail(source, "total_bytes", { got: show(m.total_bytes), sum });
 
   const names = new Set<string>();
   m.tensors.forEach((t, i) => {
-    const where = `tensors[${i}]`;
-    if (!isObject(t)) fail(source, `${where} must be an object`);
-    requireKeys(t as unknown as Json, FORMAT.tensor_required, where, source);
-    if (typeof t.name !== "string") fail(source, `${where}.name must be a string`);
-    if (names.has(t.name)) fail(source, `${where}: duplicate tensor name ${t.name}`);
-    names.add(t.name);
-    if (!Array.isArray(t.shape) || !t.shape.every(isNonNegInt)) fail(source, `${where} (${t.name}).shape must be an array of non-negative integers`);
+    const what = `tensors[${i}]`;
+    if (!isObject(t)) fail(source, "object", { what });
+    requireKeys(t, FORMAT.tensor_required, what, source);
+    const name = t.name;
+    if (typeof name !== "string") fail(source, "string", { what: `${what}.name` });
+    if (names.has(name)) fail(source, "duplicate_tensor", { what, name });
+    names.add(name);
+    if (!Array.isArray(t.shape) || !t.shape.every(isNonNegInt)) fail(source, "shape", { what, name });
     const size = dtypeBytes(t.dtype);
-    if (size === undefined) fail(source, `${where} (${t.name}): unknown dtype ${JSON.stringify(t.dtype)}`);
-    if (!isNonNegInt(t.shard) || t.shard >= m.shards.length) fail(source, `${where} (${t.name}).shard ${t.shard} is not a shard index`);
-    if (!isNonNegInt(t.byte_offset) || t.byte_offset % TENSOR_ALIGNMENT !== 0) {
-      fail(source, `${where} (${t.name}).byte_offset must be a multiple of ${TENSOR_ALIGNMENT}`);
-    }
+    if (size === undefined) fail(source, "dtype", { what, name, dtype: show(t.dtype) });
+    if (!isNonNegInt(t.shard) || t.shard >= m.shards.length) fail(source, "shard_index", { what, name, shard: show(t.shard) });
+    if (!isNonNegInt(t.byte_offset) || t.byte_offset % TENSOR_ALIGNMENT !== 0) fail(source, "byte_offset", { what, name, alignment: TENSOR_ALIGNMENT });
     const expected = t.shape.reduce((a, b) => a * b, 1) * size;
-    if (t.bytes !== expected) fail(source, `${where} (${t.name}).bytes is ${t.bytes}, but shape x dtype gives ${expected}`);
+    if (t.bytes !== expected) fail(source, "tensor_bytes", { what, name, got: show(t.bytes), expected });
     const shard = m.shards[t.shard]!;
-    if (t.byte_offset + t.bytes > shard.bytes) {
-      fail(source, `${where} (${t.name}) ends at byte ${t.byte_offset + t.bytes}, past the end of ${shard.file} (${shard.bytes} bytes)`);
-    }
+    const end = t.byte_offset + t.bytes;
+    if (end > shard.bytes) fail(source, "past_shard_end", { what, name, end, shard_file: shard.file, size: shard.bytes });
   });
   return m;
 }
