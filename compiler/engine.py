@@ -173,6 +173,15 @@ class _Base:
     def apply_chat_template(self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True) -> str:
         return self._core.template.render(messages, add_generation_prompt=add_generation_prompt)
 
+    @property
+    def cached_sequences(self) -> int:
+        """Finished sequences kept so that the next request sharing their prefix prefills only the rest."""
+        return self._core.cached_sequences
+
+    def reset_chat(self) -> None:
+        """Forget the conversation: the next request prefills its whole prompt (web: resetChat)."""
+        self._core.drop_prefix_cache()
+
     def terminate(self) -> None:
         """Stop the scheduler and free the model; pending requests fail."""
         self._core.terminate()

@@ -103,8 +103,10 @@ class Job:
         self.text = TextStream(tokenizer, prompt_ids, sampler.params.stop)
         self.seq_id: int | None = None
         self.pending_ids: list[int] = []  # ids not yet sent with an output (their text is held back)
+        self.generated_ids: list[int] = []
         self.last_token = -1
         self.generated = 0
+        self.prefill_tokens = 0  # fewer than the prompt's when a cached prefix was reused
         self.prefill_s = 0.0
         self.decode_s = 0.0
         self.finished = False
@@ -132,6 +134,8 @@ class Scheduler:
         self._waiting: deque[Job] = deque()
         self._running: list[Job] = []
         self._live_sequences: set[int] = set()
+        # The prefix cache (request_spec.json "scheduler"): (sequence, the tokens its KV holds), oldest first.
+        self._cached: list[tuple[int, list[int]]] = []
         self._stopped = False
         self._ready = threading.Event()
         self._load_error: BaseException | None = None
@@ -204,6 +208,15 @@ class Scheduler:
         """KV sequences alive in the runtime right now (0 once every request ended or was cancelled)."""
         return len(self._live_sequences)
 
+    @property
+    def cached_sequences(self) -> int:
+        """Finished sequences kept for prefix reuse (request_spec.json "scheduler")."""
+        return len(self._cached)
+
+    def drop_prefix_cache(self) -> None:
+        """Free the prefix cache (on the scheduler's next turn): the next request prefills all."""
+        self._commands.put(("drop_prefix_cache", None))
+
     def submit(self, request: Request) -> None:
         if self._stopped:
             raise RuntimeError("the engine was terminated")
@@ -248,14 +261,19 @@ class Scheduler:
                     return
                 if command == "submit":
                     self._waiting.extend(arg.jobs)
+                if command == "drop_prefix_cache":
+                    while self._cached:
+                        self._drop_cached(0)
                 try:
                     command, arg = self._commands.get_nowait()
                 except queue.Empty:
                     break
             self._reap_cancelled()
-            # One prefill per turn, then one decode step for everyone: a long prompt delays the
+            # A few prefills per turn, then one decode step for everyone: a long prompt delays the
             # running streams by one prefill, not by the whole queue.
-            if self._waiting and len(self._running) < self.max_batch_size:
+            for _ in range(SPEC["scheduler"]["admissions_per_turn"]):
+                if not self._waiting or len(self._running) >= self.max_batch_size:
+                    break
                 self._start(self._waiting.popleft())
             if self._running:
                 self._decode_step()
@@ -265,14 +283,48 @@ class Scheduler:
             self._release(job)
         self._waiting = deque(j for j in self._waiting if not j.request.cancelled)
 
-    def _release(self, job: Job) -> None:
+    def _release(self, job: Job, keep: bool = False) -> None:
+        """End the job; `keep`: its sequence goes to the prefix cache, holding the prompt and every
+        generated token but the last (which was never fed)."""
         job.finished = True
         if job in self._running:
             self._running.remove(job)
-        if job.seq_id is not None:
-            seq, job.seq_id = job.seq_id, None
-            self._live_sequences.discard(seq)
+        if job.seq_id is None:
+            return
+        seq, job.seq_id = job.seq_id, None
+        self._live_sequences.discard(seq)
+        limit = SPEC["scheduler"]["prefix_cache_sequences"]
+        if not keep or limit <= 0:
             self.runtime.remove_sequence(seq)
+            return
+        self._cached.append((seq, [*job.prompt_ids, *job.generated_ids[:-1]]))
+        while len(self._cached) > limit:
+            self._drop_cached(0)
+
+    def _drop_cached(self, index: int) -> None:
+        seq, _ = self._cached.pop(index)
+        self.runtime.remove_sequence(seq)
+
+    def _take_sequence(self, job: Job) -> int:
+        """Give the job a sequence: the cached one sharing the longest prefix with its prompt
+        (popped back to it; at least one prompt token is left to prefill, for its logits), else a
+        new one. Returns how many prompt tokens the sequence already holds."""
+        prompt = job.prompt_ids
+        best, best_length = -1, 0
+        for i, (_, tokens) in enumerate(self._cached):
+            p = min(_common_prefix_length(tokens, prompt), len(prompt) - 1)
+            if p >= SPEC["scheduler"]["min_prefix_tokens"] and p >= best_length:  # ties: the newest
+                best, best_length = i, p
+        if best >= 0:
+            seq, tokens = self._cached.pop(best)
+            self.runtime.pop_tokens(seq, len(tokens) - best_length)
+            job.seq_id = seq
+        else:
+            while self._cached and len(self._cached) + len(self._running) + 1 > self.max_batch_size:
+                self._drop_cached(0)
+            job.seq_id = self.runtime.add_sequence()
+        self._live_sequences.add(job.seq_id)
+        return best_length if best >= 0 else 0
 
     def _fail(self, request: Request, error: BaseException) -> None:
         for job in request.jobs:
@@ -293,10 +345,11 @@ class Scheduler:
 
     def _start(self, job: Job) -> None:
         try:
-            job.seq_id = self.runtime.add_sequence()
-            self._live_sequences.add(job.seq_id)
             t0 = time.perf_counter()
-            logits = self.runtime.prefill(job.seq_id, job.prompt_ids)
+            reused = self._take_sequence(job)
+            rest = job.prompt_ids[reused:]
+            logits = self.runtime.prefill(job.seq_id, rest)  # type: ignore[arg-type]
+            job.prefill_tokens = len(rest)
             job.prefill_s = time.perf_counter() - t0
             if not self._step(job, logits):
                 self._running.append(job)
@@ -326,6 +379,7 @@ class Scheduler:
         """Sample one token for `job` and send its text; returns True when the job finished."""
         sampled: SampledToken = job.sampler.sample(logits)
         job.generated += 1
+        job.generated_ids.append(sampled.token_id)
         job.pending_ids.append(sampled.token_id)
         params = job.sampler.params
         finish: str | None = None
@@ -348,11 +402,19 @@ class Scheduler:
         if text or tokens or finish:
             out.token_ids, job.pending_ids = job.pending_ids, []
         if finish is not None:
-            self._release(job)
+            self._release(job, keep=True)
             out.completion_tokens = job.generated
-            out.prefill_tokens = len(job.prompt_ids)
+            out.prefill_tokens = job.prefill_tokens
             out.prefill_s = job.prefill_s
             out.decode_s = job.decode_s
         if text or tokens or finish:
             self._send(job.request, out)
         return finish is not None
+
+
+def _common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i

@@ -1,8 +1,9 @@
 """The engine's request-level checks (web/scripts/integration-checks.mjs) on stories260K in
 headless Chromium: the reference continuation, KV-cache reuse and popN back to a shared prefix on
 TVM's real paged cache (same, diverging and extended prompts give the fresh-cache text), chunked
-prefill (prefill_chunk_size 3), streaming, interrupt, seeded sampling and the context-window
-refusal. In-page engine, on the faster CPU WebGPU route available (`webgpu_route`).
+prefill (prefill_chunk_size 3), streaming, interrupt, seeded sampling, two concurrent requests
+(batch_decode) equal to their solo runs, one of them aborted through its AbortSignal without
+touching the other and with its KV pages freed, and the context-window refusal. In-page engine, on the faster CPU WebGPU route available (`webgpu_route`).
 
 Then, in the same page, the request spec end to end (REQUESTS.md): seeded requests with
 temperature, top_p, the three penalties and logit_bias, chat and completions, streaming and not,
@@ -83,13 +84,13 @@ SEEDED_REQUESTS = [
 ]
 
 
-def native_seeded(model_dir: Path) -> list[dict[str, Any]]:
-    """SEEDED_REQUESTS on the native engine, written as SEEDED_JS writes the browser's."""
+def native_seeded(source: str | Path, requests: list[tuple[str, dict[str, Any]]], quantization: str = "q0f32") -> list[dict[str, Any]]:
+    """`requests` on the native engine, written as SEEDED_JS writes the browser's."""
     from sphere_aae.engine import SphereAaeEngine
 
     out = []
-    with SphereAaeEngine(str(model_dir), quantization="q0f32") as engine:
-        for kind, body in SEEDED_REQUESTS:
+    with SphereAaeEngine(str(source), quantization=quantization) as engine:
+        for kind, body in requests:
             r = (engine.chat.completions if kind == "chat" else engine.completions).create(**body)
             ids: dict[str, list[int]] = {}
             prompt = None
@@ -101,12 +102,49 @@ def native_seeded(model_dir: Path) -> list[dict[str, Any]]:
     return out
 
 
+def browser_seeded(page: Any, srv: Any, folder: Path, route: browser.Adapter, requests: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """`requests` on the in-page engine (SEEDED_JS) loaded from `folder`."""
+    return page.evaluate(
+        SEEDED_JS,
+        {
+            "modelUrl": f"{srv.url}/models/{folder.name}/",
+            "adapterOptions": browser.request_adapter_options(route),
+            "requests": [{"kind": k, "body": b} for k, b in requests],
+        },
+    )
+
+
+def _first_difference(web: dict[str, Any], nat: dict[str, Any]) -> str:
+    """Where the browser's ids leave the native engine's: the field, the position, the two ids."""
+    pairs = [("prompt", web["prompt"], nat["prompt"])]
+    for k in sorted(set(web["choices"]) | set(nat["choices"])):
+        pairs.append((f"choice {k}", web["choices"].get(k), nat["choices"].get(k)))
+    for name, w, n in pairs:
+        if w == n:
+            continue
+        if w is None or n is None:
+            return f"{name}: browser {w!r}, native {n!r}"
+        i = next((i for i, (a, b) in enumerate(zip(w, n)) if a != b), min(len(w), len(n)))
+        a = w[i] if i < len(w) else "<end>"
+        b = n[i] if i < len(n) else "<end>"
+        return f"{name} position {i}: browser {a}, native {b} (lengths {len(w)}, {len(n)})"
+    return "equal"
+
+
+def assert_seeded_equal(requests: list[tuple[str, dict[str, Any]]], seeded: list[dict[str, Any]], native: list[dict[str, Any]]) -> None:
+    assert len(seeded) == len(native) == len(requests)
+    for (kind, body), web, nat in zip(requests, seeded, native):
+        label = f"{kind} seed={body['seed']} stream={body.get('stream', False)}"
+        assert web == nat, f"{label}: {_first_difference(web, nat)}"
+        assert all(len(ids) > 1 for ids in nat["choices"].values()), label
+
+
 def test_integration_checks_in_chromium(
     stories_dir: Path, web_models_dir: Path, web_dist: Path, playwright: Any, webgpu_route: browser.Adapter, tmp_path: Path
 ) -> None:
     folder = build(stories_dir, "q0f32", web_models_dir)
     config = json.loads((folder / "aae-chat-config.json").read_text())
-    native = native_seeded(stories_dir)
+    native = native_seeded(stories_dir, SEEDED_REQUESTS)
     with start_server(SITE, web_models_dir, web_dist_dir=web_dist) as srv:
         ctx = browser.launch(playwright, tmp_path / "profile", webgpu_route)
         try:
@@ -124,24 +162,51 @@ def test_integration_checks_in_chromium(
                     "config": config,
                 },
             )
-            seeded = page.evaluate(
-                SEEDED_JS,
-                {
-                    "modelUrl": f"{srv.url}/models/{folder.name}/",
-                    "adapterOptions": browser.request_adapter_options(webgpu_route),
-                    "requests": [{"kind": k, "body": b} for k, b in SEEDED_REQUESTS],
-                },
-            )
+            seeded = browser_seeded(page, srv, folder, webgpu_route, SEEDED_REQUESTS)
         finally:
             ctx.close()
     report = "\n".join(r["lines"])
     print(report)
     assert r["failures"] == 0, report
     assert "stories260K reference checks on" in report
-    assert sum(line.startswith("ok ") for line in r["lines"]) == 10, report
+    assert sum(line.startswith("ok ") for line in r["lines"]) == 12, report
     assert errors == []
-    for (kind, body), web, nat in zip(SEEDED_REQUESTS, seeded, native):
-        label = f"{kind} seed={body['seed']} stream={body.get('stream', False)}"
-        assert web == nat, label
-        assert all(len(ids) > 1 for ids in nat["choices"].values()), label
+    assert_seeded_equal(SEEDED_REQUESTS, seeded, native)
+    assert native[0]["choices"]["0"] != native[0]["choices"]["1"], "n = 2: each choice has its own seed"
+
+
+# -- SmolLM2-135M-Instruct, f32 weights ------------------------------------------------------------
+
+SMOL = "SmolLM2-135M-Instruct"
+# 260 = " the", 284 = " and" in SmolLM2's tokenizer. Few tokens: f32 SmolLM2 decodes on a CPU
+# WebGPU route.
+SMOL_SAMPLING = {"temperature": 0.9, "top_p": 0.9, "presence_penalty": 0.3, "frequency_penalty": 0.4, "repetition_penalty": 1.1,
+                 "logit_bias": {"260": -2.5, "284": 1.5}, "max_tokens": 16, "return_token_ids": True}
+SMOL_SEEDED_REQUESTS = [
+    ("chat", {"messages": [{"role": "user", "content": "Tell me about the sea."}], "seed": 1234, "n": 2, **SMOL_SAMPLING}),
+    ("chat", {"messages": [{"role": "user", "content": "Name a fruit."}], "seed": 99, "stream": True, **SMOL_SAMPLING}),
+    ("completion", {"prompt": "The capital of France is", "seed": 7, **SMOL_SAMPLING}),
+    ("completion", {"prompt": "Once upon a time", "seed": -3, "stream": True, **SMOL_SAMPLING, "temperature": 1.0}),
+]
+
+
+def test_seeded_requests_match_native_on_smollm2_f32(
+    web_models_dir: Path, web_dist: Path, playwright: Any, webgpu_route: browser.Adapter, tmp_path: Path
+) -> None:
+    """SEEDED_JS's comparison on a real chat model (ChatML template, 49k vocab, f32 weights)."""
+    folder = build(SMOL, "q0f32", web_models_dir)
+    native = native_seeded(SMOL, SMOL_SEEDED_REQUESTS, "q0f32")
+    with start_server(SITE, web_models_dir, web_dist_dir=web_dist) as srv:
+        ctx = browser.launch(playwright, tmp_path / "profile", webgpu_route)
+        try:
+            page = ctx.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"{srv.url}/bench.html?driven=1")
+            seeded = browser_seeded(page, srv, folder, webgpu_route, SMOL_SEEDED_REQUESTS)
+        finally:
+            ctx.close()
+    assert errors == []
+    assert len(native[0]["prompt"]) > 10  # the chat template was applied
+    assert_seeded_equal(SMOL_SEEDED_REQUESTS, seeded, native)
     assert native[0]["choices"]["0"] != native[0]["choices"]["1"], "n = 2: each choice has its own seed"

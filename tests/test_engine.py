@@ -352,6 +352,39 @@ def test_closing_a_sync_stream_frees_its_sequence(stories_engine):
 
 
 @pytest.mark.slow
+def test_prefix_cache_prefills_only_what_is_new_and_changes_no_token(stories_engine, monkeypatch):
+    """request_spec.json "scheduler": a finished choice's sequence stays cached; the next request
+    sharing its prefix pops it back and prefills the rest, with the tokens a fresh prefill gives."""
+    runtime = stories_engine._core.runtime
+    prefilled: list[int] = []
+    real_prefill = runtime.prefill
+    monkeypatch.setattr(runtime, "prefill", lambda seq, ids: (prefilled.append(len(ids)), real_prefill(seq, ids))[1])
+    stories_engine.reset_chat()
+    first = stories_engine.completions.create(prompt=PROMPT, temperature=0, max_tokens=20, return_token_ids=True)
+    wait_idle(stories_engine)
+    assert stories_engine.cached_sequences == 1
+    prompt_ids, generated = first.prompt_token_ids, first.choices[0].token_ids
+    # The cache holds the prompt and 19 of the 20 generated ids (the last was never fed).
+    turn2 = [*prompt_ids, *generated, 13, 42]
+    prefilled.clear()
+    reused = stories_engine.completions.create(prompt=turn2, temperature=0, max_tokens=24, return_token_ids=True)
+    assert prefilled == [len(turn2) - (len(prompt_ids) + 19)]
+    # A diverging request pops back to the common prefix (the first prompt here).
+    prefilled.clear()
+    diverged = stories_engine.completions.create(prompt=[*prompt_ids, 99], temperature=0, max_tokens=8, return_token_ids=True)
+    assert prefilled == [1]
+    stories_engine.reset_chat()
+    prefilled.clear()
+    fresh = stories_engine.completions.create(prompt=turn2, temperature=0, max_tokens=24, return_token_ids=True)
+    assert prefilled == [len(turn2)]
+    assert reused.choices[0].token_ids == fresh.choices[0].token_ids
+    stories_engine.reset_chat()
+    fresh_diverged = stories_engine.completions.create(prompt=[*prompt_ids, 99], temperature=0, max_tokens=8, return_token_ids=True)
+    assert diverged.choices[0].token_ids == fresh_diverged.choices[0].token_ids
+    wait_idle(stories_engine)
+
+
+@pytest.mark.slow
 def test_async_engine_concurrent_requests_and_cancellation():
     prompts = [PROMPT, "Lily and Tom", "The cat sat", "One day"]
     engine = AsyncSphereAaeEngine(str(STORIES), quantization="q0f32", overrides="max_batch_size=2;context_window_size=256")

@@ -4,8 +4,9 @@
 //
 // What a fake backend cannot show: the reference continuation (stories260K), KV-cache reuse and
 // popN back to a shared prefix on TVM's real paged cache (the same, a diverging and an extended
-// prompt all give the text a fresh cache gives), chunked prefill, streaming, interrupt, seeds and
-// the context-window refusal. No imports: the host passes the package in, so the same file runs
+// prompt all give the text a fresh cache gives), chunked prefill, streaming, interrupt, seeds,
+// concurrent requests decoded together (batch_decode) and cancelled one by one (AbortSignal,
+// freeing their pages), and the context-window refusal. No imports: the host passes the package in, so the same file runs
 // unbundled in Node and in a page.
 
 // Reference from ../shared/fixtures/stories260K/README.md (transformers, fp32, greedy).
@@ -126,6 +127,44 @@ export async function runIntegrationChecks({ aae, load, config, log, quick = fal
   await check("a prompt over the context window is refused before running", async () => {
     const long = Array(config.context_window_size + 10).fill(3);
     await assert.rejects(engine.completions.create({ prompt: long, max_tokens: 1 }), aae.ContextWindowExceededError);
+  });
+
+  await check("two concurrent requests (batch_decode) each equal their solo runs", async () => {
+    const body = (prompt, seed) => ({ prompt, seed, max_tokens: 24, temperature: 1, top_p: 0.9, return_token_ids: true });
+    const ids = (r) => JSON.stringify(r.choices[0].token_ids);
+    await engine.resetChat();
+    const soloA = ids(await engine.completions.create(body(STORY_PROMPT, 5)));
+    await engine.resetChat();
+    const soloB = ids(await engine.completions.create(body("The dog ran", 6)));
+    await engine.resetChat();
+    const [a, b] = await Promise.all([engine.completions.create(body(STORY_PROMPT, 5)), engine.completions.create(body("The dog ran", 6))]);
+    assert.equal(ids(a), soloA, "request 1");
+    assert.equal(ids(b), soloB, "request 2");
+  });
+
+  await check("aborting one request leaves the other unchanged and frees its KV pages", async () => {
+    await engine.resetChat();
+    const idle = engine.kvCacheStats();
+    assert.ok(idle.freePages > 0 && idle.activeSequences === 0, `idle cache: ${JSON.stringify(idle)}`);
+    const body = { prompt: "The dog ran", max_tokens: 30, temperature: 0, return_token_ids: true };
+    const solo = JSON.stringify((await engine.completions.create(body)).choices[0].token_ids);
+    await engine.resetChat();
+    const controller = new AbortController();
+    const doomed = await engine.completions.create({ prompt: STORY_PROMPT, max_tokens: 200, ignore_eos: true, temperature: 0, stream: true }, { signal: controller.signal });
+    const other = engine.completions.create(body);
+    let aborted = false;
+    try {
+      let n = 0;
+      for await (const _ of doomed) if (++n === 4) controller.abort();
+    } catch (e) {
+      aborted = e.name === "AbortError";
+    }
+    assert.ok(aborted, "the aborted stream rejects with AbortError");
+    assert.equal(JSON.stringify((await other).choices[0].token_ids), solo, "the other request");
+    const after = engine.kvCacheStats();
+    assert.equal(after.activeSequences, 0, "running sequences");
+    await engine.resetChat();
+    assert.equal(engine.kvCacheStats().freePages, idle.freePages, "free pages once the cache is dropped");
   });
 
   // Reference for the chunked-prefill check, from a fresh cache with full-size prefill chunks.

@@ -1,32 +1,29 @@
 /**
- * The in-page engine: loads a model folder (ARTIFACT.md) onto WebGPU through tvmjs and serves
- * OpenAI-shaped chat completions from it.
+ * The in-page engine's front end: loads a model folder (ARTIFACT.md) onto WebGPU through tvmjs
+ * and serves OpenAI-shaped chat completions and completions from it. Twin of compiler/engine.py.
  *
- * Two layers:
- *  - `ForwardBackend` is the model itself: prefill / decode returning last-position logits, and
- *    KV-cache bookkeeping. `TVMBackend` implements it with the compiled VM functions and TVM's
- *    paged KV cache; tests implement it with a fake.
- *  - `Engine` is everything else: request validation, chat template, tokenization, KV reuse across
- *    turns, chunked prefill, the decode loop, sampling, stop strings, streaming, interrupt, stats.
+ * The files, each the twin of a native one:
+ *  - tokenizer.ts (tokenizer + incremental detokenizer), template.ts (chat template),
+ *    text_stream.ts (stop strings over the detokenized text);
+ *  - model_runtime.ts: the forward backend (KV cache sequences, prefill chunks, sliding-window
+ *    rule, batched decode) over the compiled functions;
+ *  - scheduler.ts: every request's choices on the paged KV cache, admitted one at a time and
+ *    decoded in batches, each cancellable on its own; the prefix cache across chat turns;
+ *  - assembler.ts: the scheduler's outputs as OpenAI chunks or objects;
+ *  - this file: loading, request validation and tokenization, and the public API.
  */
-import tvmjs from "@mlc-ai/web-runtime";
-import type { Instance, PackedFunc, Tensor, TVMObject, VirtualMachine } from "@mlc-ai/web-runtime";
-
 import {
   CHAT_CONFIG_FILE,
-  KV_BUILTINS,
-  KV_PAGE_SIZE,
   TOKENIZER_CONFIG_FILE,
   TOKENIZER_FILE,
-  VM_FUNCTIONS,
   fileUrl,
   modelLibFile,
   normalizeBaseUrl,
   parseChatConfig,
   parseManifest,
   type ChatConfig,
-  type TensorManifest,
 } from "./artifact.js";
+import { Assembler } from "./assembler.js";
 import {
   ArtifactLoader,
   CacheApiStore,
@@ -37,17 +34,8 @@ import {
   type LoadPhase,
   type LoadProgress,
 } from "./cache.js";
-import {
-  ArtifactFormatError,
-  ContextWindowExceededError,
-  DeviceLostError,
-  EngineNotLoadedError,
-  FeatureNotSupportedError,
-  InvalidRequestError,
-  ModelNotFoundError,
-  NetworkError,
-  WebGPUNotAvailableError,
-} from "./errors.js";
+import { DeviceLostError, EngineNotLoadedError, ModelNotFoundError, NetworkError } from "./errors.js";
+import { ModelRuntime, TVMBackend, type ForwardBackend } from "./model_runtime.js";
 import {
   parseChatRequest,
   parseCompletionRequest,
@@ -57,23 +45,18 @@ import {
   type ChatCompletionRequest,
   type ChatCompletionRequestNonStreaming,
   type ChatCompletionRequestStreaming,
-  type ChatCompletionTokenLogprob,
   type Completion,
   type CompletionRequest,
   type CompletionRequestNonStreaming,
   type CompletionRequestStreaming,
-  type CompletionLogprobs,
-  type CompletionUsage,
-  type FinishReason,
-  type ParsedChatRequest,
-  type ParsedCompletionRequest,
-  type TopLogprob,
+  type ParsedSampling,
 } from "./protocol.js";
-import { SPEC, errorText, type Endpoint } from "./request_spec.js";
-import { Sampler, randomSeed, type SampledToken, type SamplingParams } from "./sampling.js";
+import type { Endpoint } from "./request_spec.js";
+import type { SamplingParams } from "./sampling.js";
+import { Failure, Request, Scheduler, now, type SchedulerEvent } from "./scheduler.js";
 import { ChatTemplate } from "./template.js";
-import { StreamingDetokenizer, TextTokenizer } from "./tokenizer.js";
-import { kvCacheArgs, prefillChunkLength } from "./model_runtime.js";
+import { TextTokenizer } from "./tokenizer.js";
+import { requestDevice } from "./webgpu.js";
 
 // ---------------------------------------------------------------------------------------------
 // Public configuration types
@@ -124,21 +107,32 @@ export interface EngineConfig {
   verifyCachedShards?: boolean;
   logger?: (message: string) => void;
   fetch?: typeof fetch;
+  /**
+   * Sequences decoded together (concurrent requests and n choices); default the chat config's
+   * max_batch_size. The KV cache holds this many whole context windows.
+   */
+  maxBatchSize?: number;
+}
+
+/** Per-call options, as the OpenAI JS client's second argument. */
+export interface RequestOptions {
+  /** Aborting ends this request alone: its promise or stream rejects with the signal's reason. */
+  signal?: AbortSignal;
 }
 
 /** What both the in-page engine and the worker proxy offer. */
 export interface EngineInterface {
   readonly chat: {
     readonly completions: {
-      create(request: ChatCompletionRequestNonStreaming): Promise<ChatCompletion>;
-      create(request: ChatCompletionRequestStreaming): Promise<AsyncIterable<ChatCompletionChunk>>;
-      create(request: ChatCompletionRequest): Promise<ChatCompletion | AsyncIterable<ChatCompletionChunk>>;
+      create(request: ChatCompletionRequestNonStreaming, options?: RequestOptions): Promise<ChatCompletion>;
+      create(request: ChatCompletionRequestStreaming, options?: RequestOptions): Promise<AsyncIterable<ChatCompletionChunk>>;
+      create(request: ChatCompletionRequest, options?: RequestOptions): Promise<ChatCompletion | AsyncIterable<ChatCompletionChunk>>;
     };
   };
   readonly completions: {
-    create(request: CompletionRequestNonStreaming): Promise<Completion>;
-    create(request: CompletionRequestStreaming): Promise<AsyncIterable<Completion>>;
-    create(request: CompletionRequest): Promise<Completion | AsyncIterable<Completion>>;
+    create(request: CompletionRequestNonStreaming, options?: RequestOptions): Promise<Completion>;
+    create(request: CompletionRequestStreaming, options?: RequestOptions): Promise<AsyncIterable<Completion>>;
+    create(request: CompletionRequest, options?: RequestOptions): Promise<Completion | AsyncIterable<Completion>>;
   };
   reload(modelId: string): Promise<void>;
   resetChat(): Promise<void>;
@@ -148,27 +142,7 @@ export interface EngineInterface {
   setInitProgressCallback(cb: InitProgressCallback | undefined): void;
 }
 
-// ---------------------------------------------------------------------------------------------
-// The model backend
-
-export interface ForwardBackend {
-  readonly vocabSize: number;
-  /**
-   * Append `tokens` (at most prefill_chunk_size) to the sequence. Returns the logits of the last
-   * position when `wantLogits`, else null (intermediate chunks skip the GPU->CPU copy).
-   */
-  prefill(tokens: readonly number[], wantLogits: boolean): Promise<Float32Array | null>;
-  /** Append one token; returns its logits. */
-  decode(token: number): Promise<Float32Array>;
-  /** Drop the last n tokens from the KV cache; false when the runtime cannot (caller resets). */
-  popN(n: number): boolean;
-  /** Empty the KV cache. */
-  reset(): void;
-  statsText(): string;
-  dispose(): void;
-}
-
-/** Everything a loaded model needs besides the backend. */
+/** Everything a loaded model is: its config, tokenizer, template and forward backend. */
 export interface LoadedModel {
   modelId: string;
   config: ChatConfig;
@@ -177,480 +151,56 @@ export interface LoadedModel {
   backend: ForwardBackend;
 }
 
-// ---------------------------------------------------------------------------------------------
-// WebGPU device
-
-interface GPUSetup {
-  device: GPUDevice;
-  adapterDescription: string;
+/** A model in use: what was loaded, its runtime and its scheduler. */
+interface Active {
+  model: LoadedModel;
+  runtime: ModelRuntime;
+  scheduler: Scheduler;
 }
 
-/**
- * A one-line description of the adapter for logs, errors and benchmarks. Browsers often blank
- * `info` fields (privacy); Chromium fills `description` under --enable-webgpu-developer-features.
- * A compatibility-mode adapter (no "core-features-and-limits") and a fallback (software) adapter
- * are flagged, since both change what a model build can expect.
- */
-export function describeAdapter(adapter: GPUAdapter): string {
-  const info = adapter.info as (GPUAdapterInfo & { isFallbackAdapter?: boolean }) | undefined;
-  const parts = info ? [info.vendor, info.architecture, info.description].filter((x) => typeof x === "string" && x.length > 0) : [];
-  let text = parts.join(" ") || "unknown adapter";
-  const flags: string[] = [];
-  if (info?.isFallbackAdapter) flags.push("fallback");
-  if (!adapter.features.has("core-features-and-limits" as GPUFeatureName)) flags.push("compatibility mode");
-  if (flags.length) text += ` [${flags.join(", ")}]`;
-  return text;
+/** A validated, tokenized request, ready to submit (Python's _Prepared). */
+interface Prepared {
+  kind: Endpoint;
+  prompts: number[][];
+  sampling: ParsedSampling;
+  wantLogprobs: boolean;
+  topLogprobs: number;
+  n: number;
+  stream: boolean;
+  includeUsage: boolean;
+  echoTexts: string[];
+  returnTokenIds: boolean;
 }
 
-async function requestDevice(gpu: GPU | undefined, requiredFeatures: readonly string[], adapterOptions?: GPURequestAdapterOptions): Promise<GPUSetup> {
-  if (!gpu) {
-    throw new WebGPUNotAvailableError(
-      "WebGPU is not available here (navigator.gpu is missing). Use a browser with WebGPU " +
-        "(Chrome/Edge 113+, Safari 26+, Firefox 141+ on Windows) and serve the page over https or localhost.",
-    );
-  }
-  const adapter = await gpu.requestAdapter(adapterOptions ?? { powerPreference: "high-performance" });
-  if (!adapter) {
-    throw new WebGPUNotAvailableError(
-      "WebGPU is present but no GPU adapter is available (blocklisted driver, or GPU access disabled).",
-    );
-  }
-  const adapterDescription = describeAdapter(adapter);
-  for (const f of requiredFeatures) {
-    if (!adapter.features.has(f)) {
-      throw new FeatureNotSupportedError(
-        `This model needs the WebGPU feature "${f}", which this GPU/browser (${adapterDescription}) does not offer. ` +
-          (f === "shader-f16" ? "Use a build of the model with an f32 quantization (e.g. q4f32_1)." : ""),
-        { feature: f, adapter: adapterDescription },
-      );
-    }
-  }
-  // Also enable the optional features TVM's kernels may use when present; it costs nothing.
-  const features = new Set<GPUFeatureName>(requiredFeatures as GPUFeatureName[]);
-  for (const f of ["shader-f16", "subgroups"] as GPUFeatureName[]) if (adapter.features.has(f)) features.add(f);
-  // Ask for the adapter's maxima: model kernels bind large weight buffers and big workgroups,
-  // and defaults (128 MiB bindings, 256 invocations) are too small for real models.
-  const l = adapter.limits as unknown as Record<string, number | undefined>;
-  const requiredLimits: Record<string, number> = {};
-  for (const k of [
-    "maxBufferSize",
-    "maxStorageBufferBindingSize",
-    "maxComputeWorkgroupStorageSize",
-    "maxStorageBuffersPerShaderStage",
-    "maxComputeInvocationsPerWorkgroup",
-    "maxComputeWorkgroupSizeX",
-    "maxComputeWorkgroupSizeY",
-    "maxComputeWorkgroupSizeZ",
-  ]) {
-    const v = l[k];
-    if (typeof v === "number") requiredLimits[k] = v;
-  }
-  const device = await adapter.requestDevice({ requiredFeatures: [...features], requiredLimits });
-  return { device, adapterDescription };
-}
+/** Events of one request, as they come from the scheduler, awaited one at a time. */
+class EventQueue {
+  private readonly items: SchedulerEvent[] = [];
+  private waiter: ((e: SchedulerEvent) => void) | undefined;
 
-// ---------------------------------------------------------------------------------------------
-// TVM backend
+  push = (e: SchedulerEvent): void => {
+    const w = this.waiter;
+    if (w) {
+      this.waiter = undefined;
+      w(e);
+    } else this.items.push(e);
+  };
 
-/** Give tvmjs' bundled Emscripten WASI shim the CommonJS globals it expects under Node (never in browsers). */
-async function ensureNodeRequire(): Promise<void> {
-  const g = globalThis as Record<string, unknown>;
-  const proc = g["process"] as { versions?: { node?: string } } | undefined;
-  if (proc?.versions?.node && typeof g["require"] === "undefined") {
-    // Computed at run time so no bundler (ours or a page's) tries to resolve a Node builtin.
-    const spec = ["node", "module"].join(":");
-    const mod = (await import(/* @vite-ignore */ /* webpackIgnore: true */ spec)) as { createRequire(url: string): unknown };
-    g["require"] = mod.createRequire(import.meta.url);
-  }
-  // The same shim reads __dirname (an ES module has none) to locate files it never loads.
-  if (proc?.versions?.node && typeof g["__dirname"] === "undefined") {
-    g["__dirname"] = (g["process"] as { cwd(): string }).cwd();
-  }
-}
-
-function int64(v: number): unknown {
-  // Integers must cross into TVM as int64 scalars: a bare JS number is passed as a float.
-  return new tvmjs.Scalar(v, "int64");
-}
-
-export class TVMBackend implements ForwardBackend {
-  readonly vocabSize: number;
-  private readonly tvm: Instance;
-  private readonly params: TVMObject;
-  private readonly paramTensors: Tensor[];
-  private readonly vm: VirtualMachine;
-  private readonly fEmbed: PackedFunc;
-  private readonly fPrefill: PackedFunc;
-  private readonly fDecode: PackedFunc;
-  private readonly fBegin: PackedFunc;
-  private readonly fEnd: PackedFunc;
-  private readonly fClear: PackedFunc;
-  private readonly fAddSeq: PackedFunc;
-  private readonly fPopN: PackedFunc | undefined;
-  private readonly kv: TVMObject;
-  private logitsCPU: Tensor | undefined;
-  private disposed = false;
-
-  private constructor(tvm: Instance, config: ChatConfig, paramTensors: Tensor[]) {
-    this.tvm = tvm;
-    this.vocabSize = config.model_config.vocab_size;
-    this.paramTensors = paramTensors;
-    const detach = <T extends { dispose(): void }>(x: T): T => tvm.detachFromCurrentScope(x);
-    tvm.beginScope();
-    try {
-      this.params = detach(tvm.makeTVMArray(paramTensors));
-      this.vm = detach(tvm.createVirtualMachine(tvm.webgpu()));
-      this.fEmbed = detach(this.vm.getFunction(VM_FUNCTIONS.embed));
-      this.fPrefill = detach(this.vm.getFunction(VM_FUNCTIONS.prefill));
-      this.fDecode = detach(this.vm.getFunction(VM_FUNCTIONS.decode));
-      this.fBegin = detach(tvm.getGlobalFunc(KV_BUILTINS.begin_forward));
-      this.fEnd = detach(tvm.getGlobalFunc(KV_BUILTINS.end_forward));
-      this.fClear = detach(tvm.getGlobalFunc(KV_BUILTINS.clear));
-      this.fAddSeq = detach(tvm.getGlobalFunc(KV_BUILTINS.add_sequence));
-      // PopN lets a new turn reuse the shared prefix of the KV cache; optional.
-      this.fPopN = TVMBackend.optionalGlobal(tvm, KV_BUILTINS.popn);
-      const fCreateKV = this.vm.getFunction(VM_FUNCTIONS.createKVCache);
-      this.kv = detach(fCreateKV(...kvCacheArgs(config.context_window_size, config.prefill_chunk_size, 1).map((v) => tvm.makeShapeTuple([v]))) as TVMObject);
-      this.addSequence();
-    } finally {
-      tvm.endScope();
-    }
-  }
-
-  private static optionalGlobal(tvm: Instance, name: string): PackedFunc | undefined {
-    try {
-      return tvm.detachFromCurrentScope(tvm.getGlobalFunc(name));
-    } catch {
-      return undefined;
-    }
-  }
-
-  private addSequence(): void {
-    this.fAddSeq(this.kv, int64(0));
-  }
-
-  /**
-   * Instantiate the model wasm, upload every weight (as shards arrive), compile the kernels.
-   * `onPhase` reports "compile" progress; download progress comes from the loader.
-   */
-  static async load(args: {
-    wasm: Uint8Array;
-    wasmUrl: string;
-    device: GPUDevice;
-    config: ChatConfig;
-    manifest: TensorManifest;
-    baseUrl: string;
-    loader: ArtifactLoader;
-    logger: (msg: string) => void;
-    onCompileProgress: (fraction: number, text: string) => void;
-  }): Promise<TVMBackend> {
-    const { config, manifest } = args;
-    await ensureNodeRequire();
-    const wasmBuffer = args.wasm.buffer.slice(args.wasm.byteOffset, args.wasm.byteOffset + args.wasm.byteLength) as ArrayBuffer;
-    let tvm: Instance;
-    try {
-      tvm = await tvmjs.instantiate(wasmBuffer, tvmjs.createPolyfillWASI() as unknown as Record<string, unknown>, args.logger);
-    } catch (e) {
-      throw new ArtifactFormatError(
-        `The model library (${args.wasmUrl}) could not be instantiated: ${(e as Error)?.message ?? String(e)}. ` +
-          `Rebuild it with \`sphere_aae compile --device webgpu\` (it must match this engine's TVM runtime).`,
-        { url: args.wasmUrl },
-        { cause: e },
-      );
-    }
-    try {
-      tvm.initWebGPU(args.device);
-      const dev = tvm.webgpu();
-      const tensors: Tensor[] = new Array(manifest.tensors.length);
-      const byShard: number[][] = manifest.shards.map(() => []);
-      manifest.tensors.forEach((t, i) => byShard[t.shard]!.push(i));
-
-      await args.loader.loadShards(args.baseUrl, manifest, (shardIndex, bytes) => {
-        tvm.beginScope();
-        try {
-          for (const i of byShard[shardIndex]!) {
-            const t = manifest.tensors[i]!;
-            const gpu = tvm.detachFromCurrentScope(tvm.empty(t.shape, t.dtype, dev));
-            const data = bytes.subarray(t.byte_offset, t.byte_offset + t.bytes);
-            if (t.bytes % 4 === 0) {
-              gpu.copyFromRawBytes(data);
-            } else {
-              // WebGPU writes need 4-byte sizes; odd-sized tensors go through a CPU staging tensor.
-              const cpu = tvm.empty(t.shape, t.dtype, tvm.cpu());
-              cpu.copyFromRawBytes(data);
-              gpu.copyFrom(cpu);
-            }
-            tensors[i] = gpu;
-          }
-        } finally {
-          tvm.endScope();
-        }
-      });
-      await dev.sync();
-
-      tvm.registerInitProgressCallback((r) => args.onCompileProgress(r.progress, r.text));
-      const backend = new TVMBackend(tvm, config, tensors);
-      // Compile every WGSL kernel now (asynchronously, in parallel) rather than on first use.
-      await tvm.asyncLoadWebGPUPipelines(backend.vm.getInternalModule());
-      args.onCompileProgress(1, "GPU kernels ready");
-      return backend;
-    } catch (e) {
-      try {
-        tvm.dispose();
-      } catch {
-        /* already gone */
-      }
-      throw e;
-    }
-  }
-
-  /** Runs embed + (prefill|decode) for `tokens` inside one TVM scope; returns logits or null. */
-  private async forward(tokens: readonly number[], fn: PackedFunc, wantLogits: boolean): Promise<Float32Array | null> {
-    if (this.disposed) throw new EngineNotLoadedError("The model was unloaded");
-    const tvm = this.tvm;
-    const dev = tvm.webgpu();
-    tvm.beginScope();
-    try {
-      const n = tokens.length;
-      const ids = tvm.empty([n], "int32", dev);
-      ids.copyFrom(Int32Array.from(tokens));
-      const embed = this.fEmbed(ids, this.params) as Tensor;
-      const embed3 = embed.view([1, n, embed.shape[embed.shape.length - 1]!]);
-      this.fBegin(this.kv, tvm.makeShapeTuple([0]), tvm.makeShapeTuple([n]));
-      const ret = fn(embed3, this.kv, this.params) as { get(i: number): unknown };
-      this.fEnd(this.kv);
-      if (!wantLogits) return null;
-      const logits = ret.get(0) as Tensor;
-      if (!this.logitsCPU) {
-        this.logitsCPU = tvm.detachFromCurrentScope(tvm.empty(logits.shape, logits.dtype, tvm.cpu()));
-      }
-      this.logitsCPU.copyFrom(logits);
-      // Wait inside the scope so the GPU logits buffer outlives the copy that reads it.
-      await dev.sync();
-      return this.logitsCPU.toArray() as Float32Array;
-    } finally {
-      tvm.endScope();
-    }
-  }
-
-  prefill(tokens: readonly number[], wantLogits: boolean): Promise<Float32Array | null> {
-    return this.forward(tokens, this.fPrefill, wantLogits);
-  }
-
-  async decode(token: number): Promise<Float32Array> {
-    return (await this.forward([token], this.fDecode, true))!;
-  }
-
-  popN(n: number): boolean {
-    if (!this.fPopN) return false;
-    this.fPopN(this.kv, int64(0), int64(n));
-    return true;
-  }
-
-  reset(): void {
-    this.fClear(this.kv);
-    this.addSequence();
-  }
-
-  statsText(): string {
-    try {
-      return this.tvm.runtimeStatsText();
-    } catch {
-      return "";
-    }
-  }
-
-  dispose(): void {
-    if (this.disposed) return;
-    this.disposed = true;
-    const objs: Array<{ dispose(): void } | undefined> = [
-      this.logitsCPU, this.kv, this.params, ...this.paramTensors, this.fEmbed, this.fPrefill, this.fDecode,
-      this.fBegin, this.fEnd, this.fClear, this.fAddSeq, this.fPopN, this.vm,
-    ];
-    for (const o of objs) {
-      try {
-        o?.dispose();
-      } catch {
-        /* the device may already be lost; the instance dispose below frees everything anyway */
-      }
-    }
-    try {
-      this.tvm.dispose(); // also destroys the GPUDevice, releasing all GPU memory
-    } catch {
-      /* already disposed (device lost) */
-    }
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Stop strings
-
-/**
- * Finds stop strings in streamed text. Text that could be the start of a stop string is held
- * back until it is known not to be one, so a stop string never leaks to the caller in pieces.
- */
-export class StopMatcher {
-  private readonly stops: readonly string[];
-  private pending = "";
-
-  constructor(stops: readonly string[]) {
-    this.stops = stops;
-  }
-
-  /** Feed new text; returns text safe to emit and whether a stop string was hit. */
-  push(text: string): { emit: string; stopped: boolean } {
-    if (this.stops.length === 0) return { emit: text, stopped: false };
-    const buf = this.pending + text;
-    let cut = -1;
-    for (const s of this.stops) {
-      const i = buf.indexOf(s);
-      if (i >= 0 && (cut < 0 || i < cut)) cut = i;
-    }
-    if (cut >= 0) {
-      this.pending = "";
-      return { emit: buf.slice(0, cut), stopped: true };
-    }
-    // Hold back the longest suffix that is a proper prefix of some stop string.
-    let hold = 0;
-    for (const s of this.stops) {
-      for (let k = Math.min(s.length - 1, buf.length); k > hold; k--) {
-        if (buf.endsWith(s.slice(0, k))) {
-          hold = k;
-          break;
-        }
-      }
-    }
-    this.pending = buf.slice(buf.length - hold);
-    return { emit: buf.slice(0, buf.length - hold), stopped: false };
-  }
-
-  /** End of generation: whatever was held back was not a stop string. */
-  flush(): string {
-    const p = this.pending;
-    this.pending = "";
-    return p;
-  }
-}
-
-/** The detokenizer and stop matcher of one choice: request_spec.json's stop rules. */
-export class TextStream {
-  private readonly detok: StreamingDetokenizer;
-  private readonly stopper: StopMatcher;
-
-  constructor(tokenizer: TextTokenizer, promptIds: readonly number[], stops: readonly string[]) {
-    this.detok = new StreamingDetokenizer(tokenizer, promptIds);
-    this.stopper = new StopMatcher(stops);
-  }
-
-  /** Add one token: the text now safe to emit, and whether it hit a stop string. */
-  push(id: number): { text: string; stopped: boolean } {
-    const r = this.stopper.push(this.detok.push(id));
-    return { text: r.emit, stopped: r.stopped };
-  }
-
-  /** The choice ends: release the held-back text, cut at a stop string it completes. */
-  finish(): { text: string; stopped: boolean } {
-    const r = this.stopper.push(this.detok.flush());
-    return r.stopped ? { text: r.emit, stopped: true } : { text: r.emit + this.stopper.flush(), stopped: false };
+  next(): Promise<SchedulerEvent> {
+    const e = this.items.shift();
+    if (e !== undefined) return Promise.resolve(e);
+    return new Promise((resolve) => (this.waiter = resolve));
   }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Engine
 
-interface GenerationStep {
-  text: string;
-  /** Content tokens sampled since the previous step, with their logprobs when asked (EOS excluded). */
-  tokens: SampledToken[];
-  /** Ids generated since the previous step (a token whose text is held back waits for the next). */
-  tokenIds: number[];
-}
-
-interface GenerationResult {
-  finishReason: FinishReason;
-  /** Every generated id, EOS included when it ended the generation (as completion_tokens counts it). */
-  completionIds: number[];
-  prefillTokens: number;
-  prefillS: number;
-  decodeSteps: number;
-  decodeS: number;
-  firstTokenS: number;
-  totalS: number;
-}
-
-/** What the decode loop of one choice reports to `generate`. */
-interface DecodeRun {
-  finishReason: FinishReason;
-  ids: number[];
-  decodeSteps: number;
-  decodeS: number;
-  /** when the first token was sampled (now()) */
-  tFirst: number;
-}
-
-/** One choice of one request: one prompt, one seed, one run of the decode loop (Python's _Job). */
-interface Choice {
-  index: number;
-  promptIds: number[];
-  sampling: SamplingParams;
-  seed: bigint;
-  /** min(max_tokens, context_window_size - prompt tokens): request_spec.json context_window */
-  maxNew: number;
-  stop: string[];
-}
-
-/** A validated, tokenized request: its choices, run one after the other (Python's _Prepared). */
-interface RequestPlan {
-  kind: Endpoint;
-  /** Each prompt's ids (one for chat). */
-  prompts: number[][];
-  choices: Choice[];
-  logprobs: boolean;
-  returnTokenIds: boolean;
-  /** Shared by the choices: interruptGenerate() ends the running one and skips the rest. */
-  control: { interrupted: boolean };
-}
-
-function commonPrefixLength(a: readonly number[], b: readonly number[]): number {
-  const n = Math.min(a.length, b.length);
-  let i = 0;
-  while (i < n && a[i] === b[i]) i++;
-  return i;
-}
-
-function now(): number {
-  return typeof performance !== "undefined" ? performance.now() : Date.now();
-}
-
-function randomId(prefix: string): string {
-  const b = new Uint8Array(12);
-  globalThis.crypto.getRandomValues(b);
-  return prefix + Array.from(b, (x) => x.toString(36).padStart(2, "0")).join("").slice(0, 24);
-}
-
-/** A simple FIFO mutex: generations, resets and unloads run one at a time. */
-class Mutex {
-  private tail: Promise<void> = Promise.resolve();
-  async acquire(): Promise<() => void> {
-    let release!: () => void;
-    const next = new Promise<void>((r) => (release = r));
-    const prev = this.tail;
-    this.tail = prev.then(() => next);
-    await prev;
-    return release;
-  }
-}
-
 export class Engine implements EngineInterface {
   private config: EngineConfig;
-  private model: LoadedModel | undefined;
+  private active: Active | undefined;
   private loading: AbortController | undefined;
-  private readonly mutex = new Mutex();
-  /** Tokens whose keys/values are in the KV cache, in order (for prefix reuse across turns). */
-  private kvTokens: number[] | null = [];
-  private generation: { interrupted: boolean } | undefined;
   private deviceLost: string | undefined;
-  private lastStats = { prefillTokensPerS: 0, decodeTokensPerS: 0, prefillTokens: 0, decodeTokens: 0 };
+  private lastStats = { prefillTokensPerS: 0, decodeTokensPerS: 0 };
   private adapterDescription: string | undefined;
   private progressCallback: InitProgressCallback | undefined;
 
@@ -660,8 +210,8 @@ export class Engine implements EngineInterface {
   constructor(config: EngineConfig = {}) {
     this.config = config;
     this.progressCallback = config.initProgressCallback;
-    const chatCreate = (req: ChatCompletionRequest) => this.createChatCompletion(req);
-    const completionCreate = (req: CompletionRequest) => this.createCompletion(req);
+    const chatCreate = (req: ChatCompletionRequest, options?: RequestOptions) => this.create("chat", req, options);
+    const completionCreate = (req: CompletionRequest, options?: RequestOptions) => this.create("completion", req, options);
     this.chat = { completions: { create: chatCreate as EngineInterface["chat"]["completions"]["create"] } };
     this.completions = { create: completionCreate as EngineInterface["completions"]["create"] };
   }
@@ -678,7 +228,7 @@ export class Engine implements EngineInterface {
 
   /** Id of the loaded model, if any. */
   get modelId(): string | undefined {
-    return this.model?.modelId;
+    return this.active?.model.modelId;
   }
 
   /** The WebGPU adapter of the last load, as one line (vendor, architecture, description, mode). */
@@ -688,11 +238,25 @@ export class Engine implements EngineInterface {
 
   /** The loaded model's chat config (context window, sampling defaults...). */
   get chatConfig(): ChatConfig | undefined {
-    return this.model?.config;
+    return this.active?.model.config;
+  }
+
+  /**
+   * The KV cache now: sequences of running requests (0 when idle), sequences kept for prefix
+   * reuse, and free pages when the runtime can tell. Tests use it to show that cancelling frees.
+   */
+  kvCacheStats(): { activeSequences: number; cachedSequences: number; freePages: number | undefined } {
+    const a = this.active;
+    if (!a) return { activeSequences: 0, cachedSequences: 0, freePages: undefined };
+    return { activeSequences: a.scheduler.activeSequences, cachedSequences: a.scheduler.cachedSequences, freePages: a.runtime.freePages() };
   }
 
   private log(msg: string): void {
     (this.config.logger ?? ((m: string) => console.log(`[aae] ${m}`)))(msg);
+  }
+
+  private maxBatchSize(config: ChatConfig): number {
+    return Math.max(1, this.config.maxBatchSize ?? config.max_batch_size ?? 1);
   }
 
   private makeStore(): ByteStore | null {
@@ -801,18 +365,17 @@ export class Engine implements EngineInterface {
         loader,
         logger: (m) => this.log(m),
         onCompileProgress: (f, text) => report("compile", f, text, lastDownload),
+        maxBatchSize: this.maxBatchSize(config),
       });
       if (abort.signal.aborted) {
         backend.dispose();
         abort.signal.throwIfAborted();
       }
-      this.model = { modelId, config, tokenizer, template, backend };
-      this.kvTokens = [];
-      this.deviceLost = undefined;
+      this.installModel({ modelId, config, tokenizer, template, backend });
       report("ready", 1, `Ready: ${modelId}`, lastDownload);
     } catch (e) {
       // Do not keep a device (and whatever it allocated) for a model that failed to load.
-      if (ownedDevice && !this.model) ownedDevice.destroy();
+      if (ownedDevice && !this.active) ownedDevice.destroy();
       throw e;
     } finally {
       if (this.loading === abort) this.loading = undefined;
@@ -821,23 +384,27 @@ export class Engine implements EngineInterface {
 
   /** For tests and custom runtimes: install an already-built model (no download, no GPU). */
   installModel(model: LoadedModel): void {
-    this.model = model;
-    this.kvTokens = [];
+    const { config } = model;
+    const maxBatchSize = this.maxBatchSize(config);
+    const runtime = new ModelRuntime(model.backend, {
+      contextWindowSize: config.context_window_size,
+      prefillChunkSize: config.prefill_chunk_size,
+      maxBatchSize,
+      slidingWindowSize: config.sliding_window_size,
+    });
+    const scheduler = new Scheduler(runtime, model.tokenizer, config.eos_token_ids, maxBatchSize);
+    this.active = { model, runtime, scheduler };
     this.deviceLost = undefined;
   }
 
+  /** End every request in flight with finish_reason "abort" (WebLLM's interruptGenerate). */
   interruptGenerate(): void {
-    if (this.generation) this.generation.interrupted = true;
+    this.active?.scheduler.interrupt();
   }
 
+  /** Forget the conversation: the next request prefills its whole prompt. */
   async resetChat(): Promise<void> {
-    const release = await this.mutex.acquire();
-    try {
-      this.kvTokens = [];
-      this.model?.backend.reset();
-    } finally {
-      release();
-    }
+    this.active?.scheduler.dropPrefixCache();
   }
 
   async runtimeStatsText(): Promise<string> {
@@ -845,26 +412,124 @@ export class Engine implements EngineInterface {
     return `prefill: ${s.prefillTokensPerS.toFixed(1)} tokens/sec, decoding: ${s.decodeTokensPerS.toFixed(1)} tokens/sec`;
   }
 
+  /** Free the model; requests in flight fail with EngineNotLoadedError. */
   async unload(): Promise<void> {
     this.loading?.abort();
-    this.interruptGenerate();
-    const release = await this.mutex.acquire();
-    try {
-      const m = this.model;
-      this.model = undefined;
-      this.kvTokens = [];
-      m?.backend.dispose();
-    } finally {
-      release();
-    }
+    const a = this.active;
+    this.active = undefined;
+    if (!a) return;
+    await a.scheduler.terminate(new EngineNotLoadedError("The model was unloaded or replaced before this request finished."));
+    a.model.backend.dispose();
   }
 
-  private requireModel(): LoadedModel {
+  private requireActive(): Active {
     if (this.deviceLost) {
       throw new DeviceLostError(`The GPU device was lost (${this.deviceLost}); call reload() to load the model again.`);
     }
-    if (!this.model) throw new EngineNotLoadedError("No model is loaded: call reload(modelId) (or CreateEngine) first.");
-    return this.model;
+    if (!this.active) throw new EngineNotLoadedError("No model is loaded: call reload(modelId) (or CreateEngine) first.");
+    return this.active;
+  }
+
+  // -- chat.completions.create and completions.create -------------------------------------------
+
+  private async create(kind: Endpoint, body: ChatCompletionRequest | CompletionRequest, options?: RequestOptions): Promise<unknown> {
+    const signal = options?.signal;
+    signal?.throwIfAborted();
+    const active = this.requireActive();
+    const prepared = this.prepare(active.model, kind, body);
+    const events = new EventQueue();
+    const { request, assembler } = this.submit(active, prepared, events.push);
+    const onAbort = () => {
+      active.scheduler.cancel(request);
+      events.push(new Failure(signal!.reason));
+    };
+    signal?.addEventListener("abort", onAbort, { once: true });
+    const cleanup = () => {
+      signal?.removeEventListener("abort", onAbort);
+      if (!assembler.done) active.scheduler.cancel(request);
+      else this.lastStats = { prefillTokensPerS: assembler.usage().prefill_tokens_per_s, decodeTokensPerS: assembler.usage().decode_tokens_per_s };
+    };
+    if (prepared.stream) return this.stream(assembler, events, cleanup);
+    try {
+      while (!assembler.done) assembler.add(this.checkDevice(await events.next()));
+    } finally {
+      cleanup();
+    }
+    return assembler.result();
+  }
+
+  private async *stream(assembler: Assembler, events: EventQueue, cleanup: () => void): AsyncGenerator<ChatCompletionChunk | Completion> {
+    try {
+      yield* assembler.openingChunks();
+      while (!assembler.done) yield* assembler.chunksFor(assembler.add(this.checkDevice(await events.next())));
+      yield* assembler.closingChunks();
+    } finally {
+      // Also when the consumer stops iterating early: its sequences are freed at the next turn.
+      cleanup();
+    }
+  }
+
+  /** A runtime failure after the GPU device was lost is reported as that. */
+  private checkDevice(event: SchedulerEvent): SchedulerEvent {
+    if (event instanceof Failure && this.deviceLost && !(event.error instanceof DOMException)) {
+      return new Failure(new DeviceLostError(`The GPU device was lost (${this.deviceLost}); call reload() to load the model again.`, {}, { cause: event.error }));
+    }
+    return event;
+  }
+
+  /** Validate and tokenize (Python's _Base._prepare). */
+  private prepare(model: LoadedModel, kind: Endpoint, body: ChatCompletionRequest | CompletionRequest): Prepared {
+    if (kind === "chat") {
+      const chat = parseChatRequest(body as ChatCompletionRequest);
+      this.checkModelField(model, chat.model);
+      const ids = this.encodePrompt(model, model.template.render(chat.messages));
+      return {
+        kind, prompts: [ids], sampling: chat.sampling, wantLogprobs: chat.sampling.logprobs, topLogprobs: chat.sampling.topLogprobs,
+        n: chat.n, stream: chat.stream, includeUsage: chat.includeUsage, echoTexts: [], returnTokenIds: chat.returnTokenIds,
+      };
+    }
+    const comp = parseCompletionRequest(body as CompletionRequest);
+    this.checkModelField(model, comp.model);
+    const prompts = comp.prompts.map((p) => (typeof p === "string" ? this.encodePrompt(model, p) : p.slice()));
+    // echo: the prompt as given, or the decoded ids (as the native engine does).
+    const echoTexts = comp.echo ? comp.prompts.map((p) => (typeof p === "string" ? p : model.tokenizer.decode(p))) : [];
+    return {
+      kind, prompts, sampling: comp.sampling, wantLogprobs: comp.logprobs !== undefined, topLogprobs: comp.sampling.topLogprobs,
+      n: comp.n, stream: comp.stream, includeUsage: comp.includeUsage, echoTexts, returnTokenIds: comp.returnTokenIds,
+    };
+  }
+
+  /** Make the request's choices and hand them to the scheduler (Python's _Base._submit). */
+  private submit(active: Active, p: Prepared, sink: (e: SchedulerEvent) => void): { request: Request; assembler: Assembler } {
+    const { model, scheduler } = active;
+    const s = p.sampling;
+    const d = model.config.sampling;
+    const sampling: SamplingParams = {
+      temperature: s.temperature ?? d.temperature,
+      top_p: s.top_p ?? d.top_p,
+      presence_penalty: s.presence_penalty ?? d.presence_penalty,
+      frequency_penalty: s.frequency_penalty ?? d.frequency_penalty,
+      repetition_penalty: s.repetition_penalty ?? d.repetition_penalty,
+      logit_bias: s.logit_bias,
+      ignore_eos: s.ignore_eos,
+      logprobs: p.wantLogprobs,
+      top_logprobs: p.topLogprobs,
+    };
+    const request = new Request(p.kind, sink);
+    scheduler.makeJobs(request, p.prompts, { sampling, seed: s.seed, maxTokens: s.max_tokens, stop: s.stop }, p.n);
+    const assembler = new Assembler(request, p.kind, {
+      modelId: model.modelId,
+      tokenizer: model.tokenizer,
+      numChoices: request.jobs.length,
+      promptTokens: p.prompts.reduce((a, x) => a + x.length, 0),
+      includeUsage: p.includeUsage,
+      wantLogprobs: p.wantLogprobs,
+      echoTexts: p.echoTexts,
+      n: p.n,
+      promptIds: p.returnTokenIds ? p.prompts : null,
+    });
+    scheduler.submit(request);
+    return { request, assembler };
   }
 
   private checkModelField(model: LoadedModel, requested: string | undefined): void {
@@ -879,412 +544,10 @@ export class Engine implements EngineInterface {
     if (model.config.add_bos_token && bos !== null && ids[0] !== bos) ids.unshift(bos);
     return ids;
   }
-
-  /**
-   * One choice: prefill, then the decode loop. Yields text deltas as they become final; returns
-   * the finish reason and timings. Holds the engine mutex for its whole run (one at a time).
-   */
-  private async *generate(model: LoadedModel, plan: RequestPlan, choice: Choice): AsyncGenerator<GenerationStep, GenerationResult> {
-    const release = await this.mutex.acquire();
-    this.generation = plan.control;
-    try {
-      if (this.model !== model) throw new EngineNotLoadedError("The model was unloaded or replaced before this request ran.");
-      this.requireModel();
-      const t0 = now();
-      if (plan.control.interrupted) return finished("abort", [], t0, { prefillTokens: 0, prefillS: 0, decodeSteps: 0, decodeS: 0, firstTokenS: 0 });
-      const { logits, prefilled } = await this.prefillPrompt(model, choice.promptIds);
-      const tPrefill = now();
-      const run = yield* this.decodeLoop(model, plan, choice, logits);
-      this.lastStats = {
-        prefillTokensPerS: tPrefill > t0 ? prefilled / ((tPrefill - t0) / 1000) : 0,
-        decodeTokensPerS: run.decodeS > 0 && run.decodeSteps > 0 ? run.decodeSteps / run.decodeS : 0,
-        prefillTokens: prefilled,
-        decodeTokens: run.decodeSteps,
-      };
-      const timing = { prefillTokens: prefilled, prefillS: (tPrefill - t0) / 1000, decodeSteps: run.decodeSteps, decodeS: run.decodeS, firstTokenS: (run.tFirst - t0) / 1000 };
-      return finished(run.finishReason, run.ids, t0, timing);
-    } finally {
-      if (this.generation === plan.control) this.generation = undefined;
-      release();
-    }
-  }
-
-  /**
-   * Prefill `promptIds`, reusing the KV cache for the prefix it shares with what is already
-   * cached (multi-turn chat resends the whole history). At least one token is always prefilled,
-   * since its logits are needed. A null kvTokens means a forward failed midway: the cache content
-   * is unknown, so start over. Sliding-window models roll back like any other: their cache keeps
-   * every token; prefillChunkLength applies their chunk rule.
-   */
-  private async prefillPrompt(model: LoadedModel, promptIds: number[]): Promise<{ logits: Float32Array; prefilled: number }> {
-    const { backend, config } = model;
-    const cached = this.kvTokens ?? [];
-    let keep = this.kvTokens ? commonPrefixLength(cached, promptIds) : 0;
-    if (keep === promptIds.length) keep -= 1;
-    if (this.kvTokens === null || keep < cached.length) {
-      if (keep === 0 || !backend.popN(cached.length - keep)) {
-        backend.reset();
-        keep = 0;
-      }
-      this.kvTokens = promptIds.slice(0, keep);
-    }
-    const toPrefill = promptIds.slice(keep);
-    let logits: Float32Array | null = null;
-    try {
-      for (let i = 0; i < toPrefill.length; ) {
-        const before = this.kvTokens!.length;
-        const piece = toPrefill.slice(i, i + prefillChunkLength(before, config.prefill_chunk_size, config.sliding_window_size));
-        i += piece.length;
-        this.kvTokens = null; // unknown until the forward returns
-        logits = await backend.prefill(piece, i >= toPrefill.length);
-        this.kvTokens = promptIds.slice(0, before + piece.length);
-      }
-    } catch (e) {
-      throw this.wrapRuntimeError(e);
-    }
-    if (!logits) throw new Error("internal: no logits");
-    return { logits, prefilled: toPrefill.length };
-  }
-
-  /**
-   * Sample, detokenize, match stop strings, decode: request_spec.json's EOS, stop and context
-   * rules, as the native engine's _EngineCore._step applies them.
-   */
-  private async *decodeLoop(model: LoadedModel, plan: RequestPlan, choice: Choice, first: Float32Array): AsyncGenerator<GenerationStep, DecodeRun> {
-    const { backend, config, tokenizer } = model;
-    const eos = new Set(config.eos_token_ids);
-    const sampler = new Sampler(choice.sampling, config.model_config.vocab_size, choice.promptIds, config.eos_token_ids, choice.seed);
-    const text = new TextStream(tokenizer, choice.promptIds, choice.stop);
-    const ids: number[] = [];
-    let sent = 0;
-    let tokens: SampledToken[] = [];
-    let finishReason: FinishReason | undefined;
-    let logits = first;
-    let decodeSteps = 0;
-    let tFirst = now();
-    for (;;) {
-      const s = sampler.sample(logits);
-      ids.push(s.tokenId);
-      if (ids.length === 1) tFirst = now();
-      let out: string;
-      if (eos.has(s.tokenId) && !choice.sampling.ignore_eos) {
-        out = text.finish().text; // EOS is not content: no text, no logprobs entry
-        finishReason = "stop";
-      } else {
-        if (plan.logprobs) tokens.push(s);
-        const r = text.push(s.tokenId);
-        out = r.text;
-        if (r.stopped) finishReason = "stop";
-        else if (ids.length >= choice.maxNew || plan.control.interrupted) {
-          const tail = text.finish();
-          out += tail.text;
-          finishReason = tail.stopped ? "stop" : ids.length >= choice.maxNew ? "length" : "abort";
-        }
-      }
-      if (out || tokens.length) {
-        yield { text: out, tokens, tokenIds: ids.slice(sent) };
-        sent = ids.length;
-        tokens = [];
-      }
-      if (finishReason !== undefined) break;
-      logits = await this.decodeOne(backend, ids, choice.promptIds);
-      decodeSteps++;
-      // The consumer may have interrupted while we awaited the GPU.
-      if (plan.control.interrupted) {
-        finishReason = "abort";
-        const tail = text.finish().text;
-        if (tail) yield { text: tail, tokens: [], tokenIds: ids.slice(sent) };
-        break;
-      }
-    }
-    return { finishReason: finishReason!, ids, decodeSteps, decodeS: (now() - tFirst) / 1000, tFirst };
-  }
-
-  /** Feed the newest generated token; the KV cache then holds prompt + generated. */
-  private async decodeOne(backend: ForwardBackend, ids: number[], promptIds: number[]): Promise<Float32Array> {
-    try {
-      this.kvTokens = null;
-      const logits = await backend.decode(ids[ids.length - 1]!);
-      this.kvTokens = [...promptIds, ...ids];
-      return logits;
-    } catch (e) {
-      throw this.wrapRuntimeError(e);
-    }
-  }
-
-  private wrapRuntimeError(e: unknown): unknown {
-    if (this.deviceLost) {
-      return new DeviceLostError(`The GPU device was lost (${this.deviceLost}); call reload() to load the model again.`, {}, { cause: e });
-    }
-    return e;
-  }
-
-  // -- chat.completions.create ----------------------------------------------------------------
-
-  private async createChatCompletion(request: ChatCompletionRequest): Promise<ChatCompletion | AsyncIterable<ChatCompletionChunk>> {
-    const parsed = parseChatRequest(request);
-    const model = this.requireModel();
-    this.checkModelField(model, parsed.model);
-    const prompt = model.template.render(parsed.messages);
-    const plan = planRequest(model, "chat", [this.encodePrompt(model, prompt)], parsed, parsed.sampling.logprobs);
-    const meta = { id: randomId(SPEC.endpoints.chat.id_prefix), created: Math.floor(Date.now() / 1000), model: model.modelId };
-    if (!parsed.stream) return this.completeChat(model, plan, meta);
-    return this.streamChat(model, plan, meta, parsed.includeUsage);
-  }
-
-  /** Run one choice to its end, collecting its text and logprob tokens. */
-  private async collect(model: LoadedModel, plan: RequestPlan, choice: Choice): Promise<{ text: string; tokens: SampledToken[]; result: GenerationResult }> {
-    let text = "";
-    const tokens: SampledToken[] = [];
-    const it = this.generate(model, plan, choice);
-    let r = await it.next();
-    while (!r.done) {
-      text += r.value.text;
-      tokens.push(...r.value.tokens);
-      r = await it.next();
-    }
-    return { text, tokens, result: r.value };
-  }
-
-  private async completeChat(model: LoadedModel, plan: RequestPlan, meta: ResponseMeta): Promise<ChatCompletion> {
-    const choices: ChatCompletion["choices"] = [];
-    const results: GenerationResult[] = [];
-    for (const c of plan.choices) {
-      const { text, tokens, result } = await this.collect(model, plan, c);
-      results.push(result);
-      const logprobs = plan.logprobs ? { content: tokens.map((t) => chatLogprob(model.tokenizer, t)) } : null;
-      choices.push({ index: c.index, message: { role: "assistant", content: text }, finish_reason: result.finishReason, logprobs, ...idsOf(plan, result.completionIds) });
-    }
-    const out: ChatCompletion = { ...meta, object: "chat.completion", choices, usage: usageOf(plan, results) };
-    if (plan.returnTokenIds) out.prompt_token_ids = plan.prompts[0]!.slice();
-    return out;
-  }
-
-  private async *streamChat(model: LoadedModel, plan: RequestPlan, meta: ResponseMeta, includeUsage: boolean): AsyncGenerator<ChatCompletionChunk> {
-    const base = { ...meta, object: "chat.completion.chunk" as const };
-    const withUsage = (c: ChatCompletionChunk): ChatCompletionChunk => (includeUsage ? { ...c, usage: null } : c);
-    // Every choice opens with a role-only delta, as OpenAI's streams (and the native engine's) do.
-    for (const c of plan.choices) {
-      const first: ChatCompletionChunk = { ...base, choices: [{ index: c.index, delta: { role: "assistant", content: "" }, finish_reason: null, logprobs: null }] };
-      if (plan.returnTokenIds && c === plan.choices[0]) first.prompt_token_ids = plan.prompts[0]!.slice();
-      yield withUsage(first);
-    }
-    const results: GenerationResult[] = [];
-    for (const c of plan.choices) {
-      const it = this.generate(model, plan, c);
-      try {
-        let sent = 0;
-        let r = await it.next();
-        while (!r.done) {
-          sent += r.value.tokenIds.length;
-          const logprobs = plan.logprobs ? { content: r.value.tokens.map((t) => chatLogprob(model.tokenizer, t)) } : null;
-          yield withUsage({ ...base, choices: [{ index: c.index, delta: { content: r.value.text }, finish_reason: null, logprobs, ...idsOf(plan, r.value.tokenIds) }] });
-          r = await it.next();
-        }
-        results.push(r.value);
-        const rest = idsOf(plan, r.value.completionIds.slice(sent));
-        yield withUsage({ ...base, choices: [{ index: c.index, delta: {}, finish_reason: r.value.finishReason, logprobs: null, ...rest }] });
-      } finally {
-        // A consumer that stops iterating early must not leave the generation holding the lock.
-        await it.return?.(undefined as never);
-      }
-    }
-    if (includeUsage) yield { ...base, choices: [], usage: usageOf(plan, results) };
-  }
-
-  // -- completions.create (raw prompt, no chat template) --------------------------------------
-
-  private async createCompletion(request: CompletionRequest): Promise<Completion | AsyncIterable<Completion>> {
-    const parsed = parseCompletionRequest(request);
-    const model = this.requireModel();
-    this.checkModelField(model, parsed.model);
-    const prompts = parsed.prompts.map((p) => (typeof p === "string" ? this.encodePrompt(model, p) : p.slice()));
-    const plan = planRequest(model, "completion", prompts, parsed, parsed.logprobs !== undefined);
-    // echo: the prompt as given, or the decoded ids (as the native engine does).
-    const echo = parsed.echo ? parsed.prompts.map((p) => (typeof p === "string" ? p : model.tokenizer.decode(p))) : null;
-    const meta = { id: randomId(SPEC.endpoints.completion.id_prefix), created: Math.floor(Date.now() / 1000), model: model.modelId };
-    if (!parsed.stream) return this.completeText(model, plan, meta, echo);
-    return this.streamText(model, plan, meta, echo, parsed.includeUsage);
-  }
-
-  private async completeText(model: LoadedModel, plan: RequestPlan, meta: ResponseMeta, echo: string[] | null): Promise<Completion> {
-    const choices: Completion["choices"] = [];
-    const results: GenerationResult[] = [];
-    for (const c of plan.choices) {
-      const { text, tokens, result } = await this.collect(model, plan, c);
-      results.push(result);
-      const head = echo ? echo[promptOf(plan, c)]! : "";
-      const logprobs = plan.logprobs ? completionLogprobs(model.tokenizer, tokens, codePoints(head)) : null;
-      choices.push({ index: c.index, text: head + text, finish_reason: result.finishReason, logprobs, ...idsOf(plan, result.completionIds) });
-    }
-    const out: Completion = { ...meta, object: "text_completion", choices, usage: usageOf(plan, results) };
-    if (plan.returnTokenIds) out.prompt_token_ids = promptIdsField(plan);
-    return out;
-  }
-
-  private async *streamText(model: LoadedModel, plan: RequestPlan, meta: ResponseMeta, echo: string[] | null, includeUsage: boolean): AsyncGenerator<Completion> {
-    const base = { ...meta, object: "text_completion" as const };
-    let promptPending = plan.returnTokenIds;
-    // prompt_token_ids ride on the first chunk only.
-    const withPrompt = (c: Completion): Completion => {
-      if (!promptPending) return c;
-      promptPending = false;
-      return { ...c, prompt_token_ids: promptIdsField(plan) };
-    };
-    if (echo) for (const c of plan.choices) yield withPrompt({ ...base, choices: [{ index: c.index, text: echo[promptOf(plan, c)]!, finish_reason: null, logprobs: null }] });
-    const results: GenerationResult[] = [];
-    for (const c of plan.choices) {
-      const it = this.generate(model, plan, c);
-      try {
-        let sent = 0;
-        let offset = 0; // the native engine's streamed offsets count the generated text only
-        let r = await it.next();
-        while (!r.done) {
-          sent += r.value.tokenIds.length;
-          const logprobs = plan.logprobs ? completionLogprobs(model.tokenizer, r.value.tokens, offset) : null;
-          offset += codePoints(r.value.text);
-          yield withPrompt({ ...base, choices: [{ index: c.index, text: r.value.text, finish_reason: null, logprobs, ...idsOf(plan, r.value.tokenIds) }] });
-          r = await it.next();
-        }
-        results.push(r.value);
-        const rest = idsOf(plan, r.value.completionIds.slice(sent));
-        yield withPrompt({ ...base, choices: [{ index: c.index, text: "", finish_reason: r.value.finishReason, logprobs: null, ...rest }] });
-      } finally {
-        await it.return?.(undefined as never);
-      }
-    }
-    if (includeUsage) yield { ...base, choices: [], usage: usageOf(plan, results) };
-  }
 }
 
 // ---------------------------------------------------------------------------------------------
-// Request planning and response pieces (the native engine's make_jobs and _Assembler)
-
-interface ResponseMeta {
-  id: string;
-  created: number;
-  model: string;
-}
-
-/**
- * How many tokens each prompt leaves room for (context_window - its length), after
- * request_spec.json's checks in the native engine's order (its check_prompts): logit_bias ids,
- * then per prompt: empty, out-of-vocabulary ids, too long.
- */
-export function checkPrompts(kind: Endpoint, prompts: readonly number[][], biasIds: Iterable<number>, vocabSize: number, contextWindow: number): number[] {
-  for (const t of biasIds) if (t >= vocabSize) throw specError("logit_bias_token", "logit_bias", { token: t, vocab_size: vocabSize });
-  const param = SPEC.context_window.param[kind];
-  return prompts.map((ids) => {
-    if (ids.length === 0) throw specError("prompt_empty", param);
-    const bad = ids.find((t) => t < 0 || t >= vocabSize);
-    if (bad !== undefined) throw specError("prompt_token", "prompt", { token: bad, vocab_size: vocabSize });
-    if (ids.length >= contextWindow) {
-      const [message, code] = errorText("context_length", { context_window: contextWindow, prompt_tokens: ids.length });
-      throw new ContextWindowExceededError(message, { prompt_tokens: ids.length, context_window_size: contextWindow, param, code, type: "invalid_request_error" });
-    }
-    return contextWindow - ids.length;
-  });
-}
-
-/** Split a checked, tokenized request into choices: choice i of each prompt is seeded seed + i. */
-function planRequest(model: LoadedModel, kind: Endpoint, prompts: number[][], parsed: ParsedChatRequest | ParsedCompletionRequest, logprobs: boolean): RequestPlan {
-  const { config } = model;
-  const s = parsed.sampling;
-  const rooms = checkPrompts(kind, prompts, s.logit_bias.keys(), config.model_config.vocab_size, config.context_window_size);
-  const d = config.sampling;
-  const sampling: SamplingParams = {
-    temperature: s.temperature ?? d.temperature,
-    top_p: s.top_p ?? d.top_p,
-    presence_penalty: s.presence_penalty ?? d.presence_penalty,
-    frequency_penalty: s.frequency_penalty ?? d.frequency_penalty,
-    repetition_penalty: s.repetition_penalty ?? d.repetition_penalty,
-    logit_bias: s.logit_bias,
-    ignore_eos: s.ignore_eos,
-    logprobs,
-    top_logprobs: s.topLogprobs,
-  };
-  const choices: Choice[] = [];
-  prompts.forEach((ids, p) => {
-    const maxNew = Math.min(s.max_tokens ?? Number.POSITIVE_INFINITY, rooms[p]!);
-    for (let i = 0; i < parsed.n; i++) {
-      // Unseeded choices each draw a seed from the platform's random source.
-      const seed = s.seed !== undefined ? BigInt(s.seed) + BigInt(i) : randomSeed();
-      choices.push({ index: p * parsed.n + i, promptIds: ids, sampling, seed, maxNew, stop: s.stop });
-    }
-  });
-  return { kind, prompts, choices, logprobs, returnTokenIds: parsed.returnTokenIds, control: { interrupted: false } };
-}
-
-function finished(finishReason: FinishReason, completionIds: number[], t0: number, t: Omit<GenerationResult, "finishReason" | "completionIds" | "totalS">): GenerationResult {
-  return { finishReason, completionIds, ...t, totalS: (now() - t0) / 1000 };
-}
-
-/** The prompt a choice continues (n choices per prompt). */
-function promptOf(plan: RequestPlan, c: Choice): number {
-  return Math.floor(c.index / (plan.choices.length / plan.prompts.length));
-}
-
-/** return_token_ids' prompt_token_ids: the prompt's ids, or a list per prompt when several. */
-function promptIdsField(plan: RequestPlan): number[] | number[][] {
-  return plan.prompts.length === 1 ? plan.prompts[0]!.slice() : plan.prompts.map((p) => p.slice());
-}
-
-/** `token_ids` for a choice or chunk: spreads to nothing when the request did not ask for ids. */
-function idsOf(plan: RequestPlan, ids: number[]): { token_ids?: number[] } {
-  return plan.returnTokenIds ? { token_ids: ids } : {};
-}
-
-/** Length in code points, as the native engine (Python str) counts text offsets. */
-function codePoints(text: string): number {
-  let n = 0;
-  for (const _ of text) n++;
-  return n;
-}
-
-function usageOf(plan: RequestPlan, results: GenerationResult[]): CompletionUsage {
-  const sum = (f: (r: GenerationResult) => number) => results.reduce((a, r) => a + f(r), 0);
-  const promptTokens = plan.prompts.reduce((a, p) => a + p.length, 0);
-  const completionTokens = sum((r) => r.completionIds.length);
-  const prefillS = sum((r) => r.prefillS);
-  const decodeS = sum((r) => r.decodeS);
-  const prefillTps = prefillS > 0 ? sum((r) => r.prefillTokens) / prefillS : 0;
-  const decodeTps = decodeS > 0 ? sum((r) => r.decodeSteps) / decodeS : 0;
-  return {
-    prompt_tokens: promptTokens,
-    completion_tokens: completionTokens,
-    total_tokens: promptTokens + completionTokens,
-    prefill_tokens_per_s: prefillTps,
-    decode_tokens_per_s: decodeTps,
-    extra: {
-      prefill_tokens_per_s: prefillTps,
-      decode_tokens_per_s: decodeTps,
-      time_to_first_token_s: results[0]?.firstTokenS ?? 0,
-      e2e_latency_s: sum((r) => r.totalS),
-    },
-  };
-}
-
-function logprobEntry(tokenizer: TextTokenizer, id: number, logprob: number): TopLogprob {
-  return { token: tokenizer.tokenString(id), logprob, bytes: Array.from(tokenizer.tokenBytes(id)) };
-}
-
-function chatLogprob(tokenizer: TextTokenizer, t: SampledToken): ChatCompletionTokenLogprob {
-  return { ...logprobEntry(tokenizer, t.tokenId, t.logprob), top_logprobs: t.topLogprobs.map(([i, lp]) => logprobEntry(tokenizer, i, lp)) };
-}
-
-/** The completions API's logprobs of `tokens`, whose text starts at code point `offset`. */
-function completionLogprobs(tokenizer: TextTokenizer, tokens: SampledToken[], offset: number): CompletionLogprobs {
-  const out: CompletionLogprobs = { tokens: [], token_logprobs: [], top_logprobs: [], text_offset: [] };
-  for (const t of tokens) {
-    const text = tokenizer.tokenString(t.tokenId);
-    out.tokens.push(text);
-    out.token_logprobs.push(t.logprob);
-    out.top_logprobs.push(Object.fromEntries(t.topLogprobs.map(([i, lp]) => [tokenizer.tokenString(i), lp])));
-    out.text_offset.push(offset);
-    offset += codePoints(text);
-  }
-  return out;
-}
+// Loading helpers
 
 function chatTemplateSpecials(tok: TextTokenizer): Record<string, string | null> {
   const out: Record<string, string | null> = { bos_token: tok.bosToken, eos_token: tok.eosToken };

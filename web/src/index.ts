@@ -10,9 +10,6 @@
 export {
   CreateEngine,
   Engine,
-  TVMBackend,
-  StopMatcher,
-  TextStream,
   hasModelInCache,
   deleteModelFromCache,
   findModel,
@@ -20,11 +17,15 @@ export {
   type ModelRecord,
   type EngineConfig,
   type EngineInterface,
-  type ForwardBackend,
   type LoadedModel,
   type InitProgressReport,
   type InitProgressCallback,
+  type RequestOptions,
 } from "./engine.js";
+export { ModelRuntime, TVMBackend, prefillChunkLength, kvCacheArgs, type ForwardBackend } from "./model_runtime.js";
+export { Scheduler, checkPrompts } from "./scheduler.js";
+export { StopStringMatcher, TextStream } from "./text_stream.js";
+export { describeAdapter } from "./webgpu.js";
 export {
   CreateWebWorkerEngine,
   WebWorkerEngine,
@@ -59,7 +60,7 @@ export {
   type TensorEntry,
 } from "./artifact.js";
 export { Sampler, SplitMix64, type SampledToken, type SamplingParams } from "./sampling.js";
-export { TextTokenizer, StreamingDetokenizer } from "./tokenizer.js";
+export { TextTokenizer, IncrementalDetokenizer } from "./tokenizer.js";
 export { ChatTemplate } from "./template.js";
 
 // WebLLM-compatible aliases, so existing pages port by changing the import line.

@@ -1,8 +1,20 @@
 /**
- * The forward backend's rules, twins of compiler/runtime/model_runtime.py's functions of the same
- * names (tests/fixtures/runtime_cases.json holds both sides to the same answers).
+ * The forward backend: one compiled model on one device with one paged KV cache shared by its
+ * sequences. Twin of compiler/runtime/model_runtime.py.
+ *
+ * Two layers, so the tests can fake the model and keep the rules:
+ *  - `ForwardBackend`: the compiled functions themselves (one forward pass per call, sequences
+ *    named by id). `TVMBackend` runs them with tvmjs on WebGPU; tests script a fake.
+ *  - `ModelRuntime`: what model_runtime.py's ModelRuntime does around them: sequence ids and
+ *    lengths, the context-window bound, prefill chunking (and its sliding-window rule), decode
+ *    batches of at most max_batch_size.
  */
-import { KV_PAGE_SIZE } from "./artifact.js";
+import tvmjs from "@mlc-ai/web-runtime";
+import type { Instance, PackedFunc, Tensor, TVMObject, VirtualMachine } from "@mlc-ai/web-runtime";
+
+import { KV_BUILTINS, KV_PAGE_SIZE, VM_FUNCTIONS, type ChatConfig, type TensorManifest } from "./artifact.js";
+import type { ArtifactLoader } from "./cache.js";
+import { ArtifactFormatError, ContextWindowExceededError, EngineNotLoadedError } from "./errors.js";
 
 // ---------------------------------------------------------------------------------------------
 // Sliding-window rules (ARTIFACT.md, "Sliding-window models")
@@ -42,3 +54,397 @@ export function kvCacheArgs(contextWindowSize: number, prefillChunkSize: number,
   ];
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// The compiled functions
+
+export interface ForwardBackend {
+  readonly vocabSize: number;
+  addSequence(seqId: number): void;
+  removeSequence(seqId: number): void;
+  /** Drop the sequence's last n tokens; false when the runtime cannot (no prefix reuse then). */
+  popN(seqId: number, n: number): boolean;
+  /** Free every sequence. */
+  clear(): void;
+  /**
+   * Append `tokens` (one chunk, at most prefill_chunk_size) to the sequence. Returns the logits of
+   * the last position when `wantLogits`, else null (intermediate chunks skip the GPU->CPU copy).
+   */
+  prefill(seqId: number, tokens: readonly number[], wantLogits: boolean): Promise<Float32Array | null>;
+  /** Append one token to each sequence (one batched pass); their logits, in order. */
+  decode(seqIds: readonly number[], tokens: readonly number[]): Promise<Float32Array[]>;
+  /** Free pages of the KV cache, when the runtime can tell (tests check that freeing works). */
+  freePages(): number | undefined;
+  statsText(): string;
+  dispose(): void;
+}
+
+// ---------------------------------------------------------------------------------------------
+// ModelRuntime (model_runtime.py's ModelRuntime)
+
+export interface RuntimeSizes {
+  contextWindowSize: number;
+  prefillChunkSize: number;
+  maxBatchSize: number;
+  slidingWindowSize: number;
+}
+
+export class ModelRuntime {
+  readonly backend: ForwardBackend;
+  readonly sizes: RuntimeSizes;
+  private readonly lengths = new Map<number, number>();
+  private nextSeq = 0;
+
+  constructor(backend: ForwardBackend, sizes: RuntimeSizes) {
+    this.backend = backend;
+    this.sizes = sizes;
+  }
+
+  get vocabSize(): number {
+    return this.backend.vocabSize;
+  }
+
+  addSequence(): number {
+    const seqId = this.nextSeq++;
+    this.backend.addSequence(seqId);
+    this.lengths.set(seqId, 0);
+    return seqId;
+  }
+
+  removeSequence(seqId: number): void {
+    if (!this.lengths.has(seqId)) return;
+    this.lengths.delete(seqId);
+    this.backend.removeSequence(seqId);
+  }
+
+  get activeSequences(): number[] {
+    return [...this.lengths.keys()];
+  }
+
+  sequenceLength(seqId: number): number {
+    const n = this.lengths.get(seqId);
+    if (n === undefined) throw new Error(`unknown sequence ${seqId}`);
+    return n;
+  }
+
+  /** Drop the sequence's last `n` tokens; false when the backend cannot. */
+  popTokens(seqId: number, n: number): boolean {
+    const len = this.sequenceLength(seqId);
+    if (n < 0 || n > len) throw new Error(`cannot pop ${n} of sequence ${seqId}'s ${len} tokens`);
+    if (n === 0) return true;
+    if (!this.backend.popN(seqId, n)) return false;
+    this.lengths.set(seqId, len - n);
+    return true;
+  }
+
+  reset(): void {
+    this.backend.clear();
+    this.lengths.clear();
+  }
+
+  freePages(): number | undefined {
+    return this.backend.freePages();
+  }
+
+  private checkRoom(seqId: number, extra: number): void {
+    const total = this.sequenceLength(seqId) + extra;
+    const ctx = this.sizes.contextWindowSize;
+    if (total > ctx) {
+      throw new ContextWindowExceededError(
+        `sequence needs ${total} tokens, the context window is ${ctx}; shorten the prompt or max_tokens, or raise context_window_size`,
+        { context_window_size: ctx, tokens: total },
+      );
+    }
+  }
+
+  /** Append `tokenIds` to the sequence, in the chunks the rules allow; logits after the last. */
+  async prefill(seqId: number, tokenIds: readonly number[]): Promise<Float32Array> {
+    if (tokenIds.length === 0) throw new Error("prefill needs at least one token");
+    this.checkRoom(seqId, tokenIds.length);
+    const { prefillChunkSize, slidingWindowSize } = this.sizes;
+    let logits: Float32Array | null = null;
+    for (let start = 0; start < tokenIds.length; ) {
+      const len = this.sequenceLength(seqId);
+      const chunk = tokenIds.slice(start, start + prefillChunkLength(len, prefillChunkSize, slidingWindowSize));
+      start += chunk.length;
+      logits = await this.backend.prefill(seqId, chunk, start >= tokenIds.length);
+      this.lengths.set(seqId, len + chunk.length);
+    }
+    return logits!;
+  }
+
+  /** One new token for each sequence (batched, max_batch_size per pass); their logits. */
+  async decode(seqIds: readonly number[], tokenIds: readonly number[]): Promise<Float32Array[]> {
+    if (seqIds.length !== tokenIds.length || seqIds.length === 0) throw new Error("decode needs one token per sequence");
+    for (const s of seqIds) this.checkRoom(s, 1);
+    const out: Float32Array[] = [];
+    const step = this.sizes.maxBatchSize;
+    for (let start = 0; start < seqIds.length; start += step) {
+      const ids = seqIds.slice(start, start + step);
+      out.push(...(await this.backend.decode(ids, tokenIds.slice(start, start + step))));
+      for (const s of ids) this.lengths.set(s, this.sequenceLength(s) + 1);
+    }
+    return out;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// TVM on WebGPU
+
+/** Give tvmjs' bundled Emscripten WASI shim the CommonJS globals it expects under Node (never in browsers). */
+async function ensureNodeRequire(): Promise<void> {
+  const g = globalThis as Record<string, unknown>;
+  const proc = g["process"] as { versions?: { node?: string } } | undefined;
+  if (proc?.versions?.node && typeof g["require"] === "undefined") {
+    // Computed at run time so no bundler (ours or a page's) tries to resolve a Node builtin.
+    const spec = ["node", "module"].join(":");
+    const mod = (await import(/* @vite-ignore */ /* webpackIgnore: true */ spec)) as { createRequire(url: string): unknown };
+    g["require"] = mod.createRequire(import.meta.url);
+  }
+  // The same shim reads __dirname (an ES module has none) to locate files it never loads.
+  if (proc?.versions?.node && typeof g["__dirname"] === "undefined") {
+    g["__dirname"] = (g["process"] as { cwd(): string }).cwd();
+  }
+}
+
+function int64(v: number): unknown {
+  // Integers must cross into TVM as int64 scalars: a bare JS number is passed as a float.
+  return new tvmjs.Scalar(v, "int64");
+}
+
+export class TVMBackend implements ForwardBackend {
+  readonly vocabSize: number;
+  private readonly tvm: Instance;
+  private readonly params: TVMObject;
+  private readonly paramTensors: Tensor[];
+  private readonly vm: VirtualMachine;
+  private readonly fEmbed: PackedFunc;
+  private readonly fPrefill: PackedFunc;
+  private readonly fDecode: PackedFunc;
+  private readonly fBatchDecode: PackedFunc;
+  private readonly fBegin: PackedFunc;
+  private readonly fEnd: PackedFunc;
+  private readonly fClear: PackedFunc;
+  private readonly fAddSeq: PackedFunc;
+  private readonly fRemoveSeq: PackedFunc;
+  private readonly fPopN: PackedFunc | undefined;
+  private readonly fFreePages: PackedFunc | undefined;
+  private readonly kv: TVMObject;
+  /** CPU tensors the logits are copied into, one per batch size seen. */
+  private readonly logitsCPU = new Map<number, Tensor>();
+  private disposed = false;
+
+  private constructor(tvm: Instance, config: ChatConfig, paramTensors: Tensor[], maxBatchSize: number) {
+    this.tvm = tvm;
+    this.vocabSize = config.model_config.vocab_size;
+    this.paramTensors = paramTensors;
+    const detach = <T extends { dispose(): void }>(x: T): T => tvm.detachFromCurrentScope(x);
+    tvm.beginScope();
+    try {
+      this.params = detach(tvm.makeTVMArray(paramTensors));
+      this.vm = detach(tvm.createVirtualMachine(tvm.webgpu()));
+      this.fEmbed = detach(this.vm.getFunction(VM_FUNCTIONS.embed));
+      this.fPrefill = detach(this.vm.getFunction(VM_FUNCTIONS.prefill));
+      this.fDecode = detach(this.vm.getFunction(VM_FUNCTIONS.decode));
+      this.fBatchDecode = detach(this.vm.getFunction(VM_FUNCTIONS.batchDecode));
+      this.fBegin = detach(tvm.getGlobalFunc(KV_BUILTINS.begin_forward));
+      this.fEnd = detach(tvm.getGlobalFunc(KV_BUILTINS.end_forward));
+      this.fClear = detach(tvm.getGlobalFunc(KV_BUILTINS.clear));
+      this.fAddSeq = detach(tvm.getGlobalFunc(KV_BUILTINS.add_sequence));
+      this.fRemoveSeq = detach(tvm.getGlobalFunc(KV_BUILTINS.remove_sequence));
+      // PopN lets a request reuse a cached sequence's prefix; without it there is no reuse.
+      this.fPopN = TVMBackend.optionalGlobal(tvm, KV_BUILTINS.popn);
+      this.fFreePages = TVMBackend.optionalGlobal(tvm, "vm.builtin.attention_kv_cache_get_num_available_pages");
+      const fCreateKV = this.vm.getFunction(VM_FUNCTIONS.createKVCache);
+      const args = kvCacheArgs(config.context_window_size, config.prefill_chunk_size, maxBatchSize);
+      this.kv = detach(fCreateKV(...args.map((v) => tvm.makeShapeTuple([v]))) as TVMObject);
+    } finally {
+      tvm.endScope();
+    }
+  }
+
+  private static optionalGlobal(tvm: Instance, name: string): PackedFunc | undefined {
+    try {
+      return tvm.detachFromCurrentScope(tvm.getGlobalFunc(name));
+    } catch {
+      return undefined;
+    }
+  }
+
+  /**
+   * Instantiate the model wasm, upload every weight (as shards arrive), compile the kernels.
+   * `onPhase` reports "compile" progress; download progress comes from the loader.
+   */
+  static async load(args: {
+    wasm: Uint8Array;
+    wasmUrl: string;
+    device: GPUDevice;
+    config: ChatConfig;
+    manifest: TensorManifest;
+    baseUrl: string;
+    loader: ArtifactLoader;
+    logger: (msg: string) => void;
+    onCompileProgress: (fraction: number, text: string) => void;
+    maxBatchSize: number;
+  }): Promise<TVMBackend> {
+    const { config, manifest, maxBatchSize } = args;
+    await ensureNodeRequire();
+    const wasmBuffer = args.wasm.buffer.slice(args.wasm.byteOffset, args.wasm.byteOffset + args.wasm.byteLength) as ArrayBuffer;
+    let tvm: Instance;
+    try {
+      tvm = await tvmjs.instantiate(wasmBuffer, tvmjs.createPolyfillWASI() as unknown as Record<string, unknown>, args.logger);
+    } catch (e) {
+      throw new ArtifactFormatError(
+        `The model library (${args.wasmUrl}) could not be instantiated: ${(e as Error)?.message ?? String(e)}. ` +
+          `Rebuild it with \`sphere_aae compile --device webgpu\` (it must match this engine's TVM runtime).`,
+        { url: args.wasmUrl },
+        { cause: e },
+      );
+    }
+    try {
+      tvm.initWebGPU(args.device);
+      const dev = tvm.webgpu();
+      const tensors: Tensor[] = new Array(manifest.tensors.length);
+      const byShard: number[][] = manifest.shards.map(() => []);
+      manifest.tensors.forEach((t, i) => byShard[t.shard]!.push(i));
+
+      await args.loader.loadShards(args.baseUrl, manifest, (shardIndex, bytes) => {
+        tvm.beginScope();
+        try {
+          for (const i of byShard[shardIndex]!) {
+            const t = manifest.tensors[i]!;
+            const gpu = tvm.detachFromCurrentScope(tvm.empty(t.shape, t.dtype, dev));
+            const data = bytes.subarray(t.byte_offset, t.byte_offset + t.bytes);
+            if (t.bytes % 4 === 0) {
+              gpu.copyFromRawBytes(data);
+            } else {
+              // WebGPU writes need 4-byte sizes; odd-sized tensors go through a CPU staging tensor.
+              const cpu = tvm.empty(t.shape, t.dtype, tvm.cpu());
+              cpu.copyFromRawBytes(data);
+              gpu.copyFrom(cpu);
+            }
+            tensors[i] = gpu;
+          }
+        } finally {
+          tvm.endScope();
+        }
+      });
+      await dev.sync();
+
+      tvm.registerInitProgressCallback((r) => args.onCompileProgress(r.progress, r.text));
+      const backend = new TVMBackend(tvm, config, tensors, maxBatchSize);
+      // Compile every WGSL kernel now (asynchronously, in parallel) rather than on first use.
+      await tvm.asyncLoadWebGPUPipelines(backend.vm.getInternalModule());
+      args.onCompileProgress(1, "GPU kernels ready");
+      return backend;
+    } catch (e) {
+      try {
+        tvm.dispose();
+      } catch {
+        /* already gone */
+      }
+      throw e;
+    }
+  }
+
+  /**
+   * embed + `fn` over `tokens` appended to `seqIds` (`lengths` tokens each) inside one TVM scope;
+   * the logits rows (one per sequence), or null when not wanted.
+   */
+  private async forward(seqIds: readonly number[], lengths: readonly number[], tokens: readonly number[], fn: PackedFunc, wantLogits: boolean): Promise<Float32Array[] | null> {
+    if (this.disposed) throw new EngineNotLoadedError("The model was unloaded");
+    const tvm = this.tvm;
+    const dev = tvm.webgpu();
+    tvm.beginScope();
+    try {
+      const n = tokens.length;
+      const ids = tvm.empty([n], "int32", dev);
+      ids.copyFrom(Int32Array.from(tokens));
+      const embed = this.fEmbed(ids, this.params) as Tensor;
+      const hidden = embed.shape[embed.shape.length - 1]!;
+      // prefill: [1, n, hidden]; (batch) decode: [b, 1, hidden]
+      const embed3 = embed.view(seqIds.length === 1 ? [1, n, hidden] : [n, 1, hidden]);
+      this.fBegin(this.kv, tvm.makeShapeTuple([...seqIds]), tvm.makeShapeTuple([...lengths]));
+      const ret = fn(embed3, this.kv, this.params) as { get(i: number): unknown };
+      this.fEnd(this.kv);
+      if (!wantLogits) return null;
+      const logits = ret.get(0) as Tensor;
+      const rows = seqIds.length;
+      let cpu = this.logitsCPU.get(rows);
+      if (!cpu) {
+        cpu = tvm.detachFromCurrentScope(tvm.empty(logits.shape, logits.dtype, tvm.cpu()));
+        this.logitsCPU.set(rows, cpu);
+      }
+      cpu.copyFrom(logits);
+      // Wait inside the scope so the GPU logits buffer outlives the copy that reads it.
+      await dev.sync();
+      const all = cpu.toArray() as Float32Array;
+      const v = this.vocabSize;
+      return Array.from({ length: rows }, (_, i) => all.slice(i * v, (i + 1) * v));
+    } finally {
+      tvm.endScope();
+    }
+  }
+
+  addSequence(seqId: number): void {
+    this.fAddSeq(this.kv, int64(seqId));
+  }
+
+  removeSequence(seqId: number): void {
+    this.fRemoveSeq(this.kv, int64(seqId));
+  }
+
+  async prefill(seqId: number, tokens: readonly number[], wantLogits: boolean): Promise<Float32Array | null> {
+    const rows = await this.forward([seqId], [tokens.length], tokens, this.fPrefill, wantLogits);
+    return rows ? rows[0]! : null;
+  }
+
+  async decode(seqIds: readonly number[], tokens: readonly number[]): Promise<Float32Array[]> {
+    const fn = seqIds.length === 1 ? this.fDecode : this.fBatchDecode;
+    return (await this.forward(seqIds, seqIds.map(() => 1), tokens, fn, true))!;
+  }
+
+  popN(seqId: number, n: number): boolean {
+    if (!this.fPopN) return false;
+    this.fPopN(this.kv, int64(seqId), int64(n));
+    return true;
+  }
+
+  clear(): void {
+    this.fClear(this.kv);
+  }
+
+  freePages(): number | undefined {
+    if (!this.fFreePages) return undefined;
+    return Number(this.fFreePages(this.kv));
+  }
+
+  statsText(): string {
+    try {
+      return this.tvm.runtimeStatsText();
+    } catch {
+      return "";
+    }
+  }
+
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    const objs: Array<{ dispose(): void } | undefined> = [
+      ...this.logitsCPU.values(), this.kv, this.params, ...this.paramTensors, this.fEmbed, this.fPrefill, this.fDecode,
+      this.fBatchDecode, this.fBegin, this.fEnd, this.fClear, this.fAddSeq, this.fRemoveSeq, this.fPopN, this.fFreePages, this.vm,
+    ];
+    for (const o of objs) {
+      try {
+        o?.dispose();
+      } catch {
+        /* the device may already be lost; the instance dispose below frees everything anyway */
+      }
+    }
+    try {
+      this.tvm.dispose(); // also destroys the GPUDevice, releasing all GPU memory
+    } catch {
+      /* already disposed (device lost) */
+    }
+  }
+}

@@ -47,6 +47,7 @@ export interface RequestSpec {
   };
   context_window: { param: Record<Endpoint, string> };
   detokenizer: { prefix_tokens: number; skip_special_tokens: boolean; incomplete_char: string };
+  scheduler: { admissions_per_turn: number; prefix_cache_sequences: number; min_prefix_tokens: number };
 }
 
 export const SPEC = RAW as unknown as RequestSpec;

@@ -103,7 +103,7 @@ export class TextTokenizer {
  * newest tokens, and emits the difference; a window ending in U+FFFD (an incomplete UTF-8
  * sequence) emits nothing until the rest arrives.
  */
-export class StreamingDetokenizer {
+export class IncrementalDetokenizer {
   private readonly tok: TextTokenizer;
   private readonly ids: number[];
   private prefixOffset = 0;

@@ -22,6 +22,7 @@ import {
   type EngineInterface,
   type InitProgressCallback,
   type InitProgressReport,
+  type RequestOptions,
 } from "./engine.js";
 import { deserializeError, serializeError, type SerializedError } from "./errors.js";
 import type {
@@ -41,6 +42,7 @@ export interface WorkerEngineOptions {
   requestAdapterOptions?: GPURequestAdapterOptions;
   maxConcurrentDownloads?: number;
   verifyCachedShards?: boolean;
+  maxBatchSize?: number;
 }
 
 type Method = "configure" | "reload" | "resetChat" | "runtimeStatsText" | "unload" | "chatCompletion" | "completion";
@@ -48,7 +50,8 @@ type Method = "configure" | "reload" | "resetChat" | "runtimeStatsText" | "unloa
 export type ToWorker =
   | { kind: "call"; id: number; method: Method; args: unknown[] }
   | { kind: "interrupt" }
-  | { kind: "cancelStream"; id: number };
+  /** The page aborted a request (its signal, or it stopped reading a stream). */
+  | { kind: "cancel"; id: number };
 
 export type FromWorker =
   | { kind: "result"; id: number; value: unknown; stream?: boolean }
@@ -86,7 +89,8 @@ export interface WebWorkerEngineHandlerOptions {
 export class WebWorkerEngineHandler {
   readonly engine: Engine;
   private readonly post: (message: unknown) => void;
-  private readonly cancelled = new Set<number>();
+  /** One per request in flight, aborted when the page cancels it. */
+  private readonly controllers = new Map<number, AbortController>();
 
   constructor(options: WebWorkerEngineHandlerOptions = {}) {
     const g = globalThis as unknown as { postMessage?: (m: unknown) => void };
@@ -108,8 +112,8 @@ export class WebWorkerEngineHandler {
       this.engine.interruptGenerate();
       return;
     }
-    if (msg.kind === "cancelStream") {
-      this.cancelled.add(msg.id);
+    if (msg.kind === "cancel") {
+      this.controllers.get(msg.id)?.abort(new DOMException("The request was cancelled by the page", "AbortError"));
       return;
     }
     void this.handleCall(msg.id, msg.method, msg.args);
@@ -142,16 +146,23 @@ export class WebWorkerEngineHandler {
         case "chatCompletion":
         case "completion": {
           const req = args[0] as { stream?: boolean | null };
-          const res =
-            method === "chatCompletion"
-              ? await this.engine.chat.completions.create(args[0] as ChatCompletionRequest)
-              : await this.engine.completions.create(args[0] as CompletionRequest);
-          if (!req.stream) {
-            this.send({ kind: "result", id, value: res });
-            return;
+          const controller = new AbortController();
+          this.controllers.set(id, controller);
+          try {
+            const options = { signal: controller.signal };
+            const res =
+              method === "chatCompletion"
+                ? await this.engine.chat.completions.create(args[0] as ChatCompletionRequest, options)
+                : await this.engine.completions.create(args[0] as CompletionRequest, options);
+            if (!req.stream) {
+              this.send({ kind: "result", id, value: res });
+              return;
+            }
+            this.send({ kind: "result", id, value: undefined, stream: true });
+            await this.pump(id, res as AsyncIterable<unknown>);
+          } finally {
+            this.controllers.delete(id);
           }
-          this.send({ kind: "result", id, value: undefined, stream: true });
-          await this.pump(id, res as AsyncIterable<unknown>);
           return;
         }
         default:
@@ -162,23 +173,10 @@ export class WebWorkerEngineHandler {
     }
   }
 
-  /** Forward a stream's chunks until it ends, fails, or the page cancels it. */
+  /** Forward a stream's chunks until it ends or fails (a cancelled one fails with AbortError). */
   private async pump(id: number, stream: AsyncIterable<unknown>): Promise<void> {
-    const it = stream[Symbol.asyncIterator]();
-    try {
-      for (;;) {
-        if (this.cancelled.has(id)) {
-          await it.return?.();
-          break;
-        }
-        const r = await it.next();
-        if (r.done) break;
-        this.send({ kind: "chunk", id, chunk: r.value });
-      }
-      this.send({ kind: "streamEnd", id });
-    } finally {
-      this.cancelled.delete(id);
-    }
+    for await (const chunk of stream) this.send({ kind: "chunk", id, chunk });
+    this.send({ kind: "streamEnd", id });
   }
 }
 
@@ -206,9 +204,12 @@ class ChunkQueue<T> implements AsyncIterable<T> {
   private done = false;
   private error: unknown;
   private readonly onCancel: () => void;
+  private readonly onEnd: () => void;
 
-  constructor(onCancel: () => void) {
+  /** `onCancel`: the page stopped reading; `onEnd`: the stream is over, either way. */
+  constructor(onCancel: () => void, onEnd: () => void = () => {}) {
     this.onCancel = onCancel;
+    this.onEnd = onEnd;
   }
 
   push(item: T): void {
@@ -218,7 +219,9 @@ class ChunkQueue<T> implements AsyncIterable<T> {
   }
 
   end(error?: unknown): void {
+    if (this.done && this.waiting.length === 0) return;
     this.done = true;
+    this.onEnd();
     this.error = error;
     for (const w of this.waiting.splice(0)) {
       if (error !== undefined) w.reject(error);
@@ -246,6 +249,7 @@ class ChunkQueue<T> implements AsyncIterable<T> {
         if (!this.done) {
           this.done = true;
           this.items = [];
+          this.onEnd();
           this.onCancel();
         }
         return Promise.resolve({ value: undefined as never, done: true });
@@ -274,8 +278,8 @@ export class WebWorkerEngine implements EngineInterface {
       this.failAll(new Error(`Engine worker error: ${msg}`));
     });
     worker.start?.();
-    const chatCreate = (req: ChatCompletionRequest) => this.create("chatCompletion", req);
-    const completionCreate = (req: CompletionRequest) => this.create("completion", req);
+    const chatCreate = (req: ChatCompletionRequest, options?: RequestOptions) => this.create("chatCompletion", req, options);
+    const completionCreate = (req: CompletionRequest, options?: RequestOptions) => this.create("completion", req, options);
     this.chat = { completions: { create: chatCreate as EngineInterface["chat"]["completions"]["create"] } };
     this.completions = { create: completionCreate as EngineInterface["completions"]["create"] };
   }
@@ -340,18 +344,34 @@ export class WebWorkerEngine implements EngineInterface {
     });
   }
 
-  private async create(method: "chatCompletion" | "completion", req: ChatCompletionRequest | CompletionRequest): Promise<unknown> {
+  private async create(method: "chatCompletion" | "completion", req: ChatCompletionRequest | CompletionRequest, options?: RequestOptions): Promise<unknown> {
+    const signal = options?.signal;
+    signal?.throwIfAborted();
     const streaming = !!(req && typeof req === "object" && req.stream === true);
-    const r = await this.call(method, [req], streaming ? (id) => new ChunkQueue(() => this.cancelStream(id)) : undefined);
-    if (!r.stream) return r.value as ChatCompletion | Completion;
-    const q = this.streams.get(r.id);
-    if (!q) throw new Error("internal: stream queue missing");
-    return q as AsyncIterable<ChatCompletionChunk>;
+    const id = this.nextId; // the id call() is about to take
+    const onAbort = () => {
+      // The worker's engine ends this request alone; the page sees the signal's reason.
+      const p = this.pending.get(id);
+      this.pending.delete(id);
+      p?.reject(signal!.reason);
+      this.streams.get(id)?.end(signal!.reason);
+      this.cancel(id);
+    };
+    signal?.addEventListener("abort", onAbort, { once: true });
+    try {
+      const r = await this.call(method, [req], streaming ? (qid) => new ChunkQueue(() => this.cancel(qid), () => signal?.removeEventListener("abort", onAbort)) : undefined);
+      if (!r.stream) return r.value as ChatCompletion | Completion;
+      const q = this.streams.get(r.id);
+      if (!q) throw new Error("internal: stream queue missing");
+      return q as AsyncIterable<ChatCompletionChunk>;
+    } finally {
+      if (!streaming) signal?.removeEventListener("abort", onAbort);
+    }
   }
 
-  private cancelStream(id: number): void {
+  private cancel(id: number): void {
     this.streams.delete(id);
-    this.worker.postMessage(wrap<ToWorker>({ kind: "cancelStream", id }));
+    this.worker.postMessage(wrap<ToWorker>({ kind: "cancel", id }));
   }
 
   /** Send the cloneable options (appConfig...) to the worker's engine. */

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { Engine, StopMatcher } from "../src/engine.js";
+import { Engine } from "../src/engine.js";
+import { StopStringMatcher } from "../src/text_stream.js";
 import {
   ArtifactFormatError,
   ContextWindowExceededError,
@@ -11,7 +12,7 @@ import {
   WebGPUNotAvailableError,
 } from "../src/errors.js";
 import type { ChatCompletion, ChatCompletionChunk, Completion } from "../src/protocol.js";
-import { StreamingDetokenizer } from "../src/tokenizer.js";
+import { IncrementalDetokenizer } from "../src/tokenizer.js";
 import { FakeCacheStorage, FakeFetch, fakeEngine, fakeModelFolder, ids, makeTokenizer, chatConfig } from "./helpers.js";
 import { CacheApiStore } from "../src/cache.js";
 
@@ -93,13 +94,13 @@ test("stop strings cut the text, also across tokens, and are never emitted", asy
   }
 });
 
-test("StopMatcher holds back only possible stop prefixes", () => {
-  const m = new StopMatcher(["</end>"]);
-  assert.deepEqual(m.push("abc<"), { emit: "abc", stopped: false });
-  assert.deepEqual(m.push("/e"), { emit: "", stopped: false });
-  assert.deepEqual(m.push("x"), { emit: "</ex", stopped: false });
-  assert.deepEqual(m.push("</end>tail"), { emit: "", stopped: true });
-  assert.equal(new StopMatcher([]).push("x").emit, "x");
+test("StopStringMatcher holds back only possible stop prefixes", () => {
+  const m = new StopStringMatcher(["</end>"]);
+  assert.deepEqual(m.feed("abc<"), { emit: "abc", stopped: false });
+  assert.deepEqual(m.feed("/e"), { emit: "", stopped: false });
+  assert.deepEqual(m.feed("x"), { emit: "</ex", stopped: false });
+  assert.deepEqual(m.feed("</end>tail"), { emit: "", stopped: true });
+  assert.equal(new StopStringMatcher([]).feed("x").emit, "x");
 });
 
 test("a prompt longer than the context window fails before any GPU work", async () => {
@@ -142,7 +143,7 @@ test("a diverging conversation pops the KV cache back to the common prefix", asy
   backend.calls.length = 0;
   await engine.chat.completions.create({ messages: [{ role: "user", content: "a b" }] });
   const prompt = [1, ...ids("user:a b\nassistant:")];
-  assert.deepEqual(backend.calls[0], { op: "popN", n: PROMPT1.length + 6 - 3 }); // keep BOS "user" ":"
+  assert.deepEqual(backend.calls[0], { op: "popN", seqId: 0, n: PROMPT1.length + 6 - 3 }); // keep BOS "user" ":"
   assert.deepEqual(backend.seq.slice(0, prompt.length), prompt);
 
   // The same prompt again: everything is cached but one token is re-run for its logits.
@@ -153,13 +154,13 @@ test("a diverging conversation pops the KV cache back to the common prefix", asy
   assert.deepEqual(pf[0]!.tokens, [prompt[prompt.length - 1]]);
 });
 
-test("without popN support the cache is reset and the prompt fully prefilled", async () => {
+test("without popN support the cached sequence is freed and the prompt fully prefilled", async () => {
   const { engine, backend } = fakeEngine("the cat sat.");
   backend.supportsPopN = false;
   await engine.chat.completions.create({ messages: USER });
   backend.calls.length = 0;
   await engine.chat.completions.create({ messages: [{ role: "user", content: "a b" }] });
-  assert.equal(backend.calls[0]!.op, "reset");
+  assert.deepEqual(backend.calls.slice(0, 2), [{ op: "remove", seqId: 0 }, { op: "add", seqId: 1 }]);
   assert.deepEqual(backend.seq.slice(0, 1 + ids("user:a b\nassistant:").length), [1, ...ids("user:a b\nassistant:")]);
 });
 
@@ -270,12 +271,12 @@ test("completions API: raw prompt, token-id prompt, echo, streaming", async () =
 test("base model chat (no template): the prompt is the message text", async () => {
   const { engine, backend } = fakeEngine("the cat", { chat_template: null });
   await engine.chat.completions.create({ messages: [{ role: "user", content: "hello world" }] });
-  assert.deepEqual(backend.calls[0]!.tokens, [1, ...ids("hello world")]);
+  assert.deepEqual(backend.calls.find((c) => c.op === "prefill")!.tokens, [1, ...ids("hello world")]);
 });
 
-test("StreamingDetokenizer emits the same text as a full decode", () => {
+test("IncrementalDetokenizer emits the same text as a full decode", () => {
   const tok = makeTokenizer();
-  const d = new StreamingDetokenizer(tok);
+  const d = new IncrementalDetokenizer(tok);
   const toks = ids("hello world, the cat sat on the mat.");
   const text = toks.map((t) => d.push(t)).join("") + d.flush();
   assert.equal(text, "hello world, the cat sat on the mat.");

@@ -2,7 +2,8 @@
 import { createHash } from "node:crypto";
 import type { ChatConfig, TensorManifest } from "../src/artifact.js";
 import type { CacheLike, CacheStorageLike } from "../src/cache.js";
-import { Engine, type ForwardBackend } from "../src/engine.js";
+import { Engine } from "../src/engine.js";
+import type { ForwardBackend } from "../src/model_runtime.js";
 import { ChatTemplate } from "../src/template.js";
 import { TextTokenizer } from "../src/tokenizer.js";
 
@@ -69,22 +70,28 @@ export function chatConfig(over: Partial<ChatConfig> = {}): ChatConfig {
 // Backend: a "model" that deterministically continues with a scripted reply.
 
 export interface FakeCall {
-  op: "prefill" | "decode" | "popN" | "reset";
+  op: "add" | "remove" | "prefill" | "decode" | "popN" | "reset";
+  seqId?: number;
+  seqIds?: number[];
   tokens?: number[];
   wantLogits?: boolean;
   n?: number;
 }
 
+/** Pages of the fake KV cache (16 tokens each), so tests can see sequences being freed. */
+export const FAKE_KV_PAGES = 1024;
+
 /**
  * Emits `reply` token by token after whatever prompt it is given (position in the reply = number
- * of tokens generated since the last prefill), then EOS. `seq` mirrors what a KV cache would hold.
+ * of tokens decoded since the sequence's last prefill), then EOS. `seqs` mirrors what a paged KV
+ * cache would hold per sequence; `seq` is the one used last.
  */
 export class FakeBackend implements ForwardBackend {
   readonly vocabSize = VOCAB_SIZE;
   readonly calls: FakeCall[] = [];
-  seq: number[] = [];
+  readonly seqs = new Map<number, { tokens: number[]; pos: number }>();
+  private lastSeq = -1;
   reply: number[];
-  private pos = 0;
   delayMs = 0;
   supportsPopN = true;
   /** Flat logits (every token equally likely) instead of a peaked script: for sampling tests. */
@@ -95,10 +102,21 @@ export class FakeBackend implements ForwardBackend {
     this.reply = reply;
   }
 
-  private logits(): Float32Array {
+  get seq(): number[] {
+    return this.seqs.get(this.lastSeq)?.tokens ?? [];
+  }
+
+  private get(seqId: number): { tokens: number[]; pos: number } {
+    const s = this.seqs.get(seqId);
+    if (!s) throw new Error(`fake backend: no sequence ${seqId}`);
+    this.lastSeq = seqId;
+    return s;
+  }
+
+  private logits(pos: number): Float32Array {
     const l = new Float32Array(VOCAB_SIZE);
     if (this.uniform) return l;
-    const next = this.pos < this.reply.length ? this.reply[this.pos]! : 2;
+    const next = pos < this.reply.length ? this.reply[pos]! : 2;
     l[next] = 10;
     return l;
   }
@@ -108,32 +126,52 @@ export class FakeBackend implements ForwardBackend {
     else await Promise.resolve();
   }
 
-  async prefill(tokens: readonly number[], wantLogits: boolean): Promise<Float32Array | null> {
-    this.calls.push({ op: "prefill", tokens: [...tokens], wantLogits });
-    this.seq.push(...tokens);
-    this.pos = 0;
-    await this.wait();
-    return wantLogits ? this.logits() : null;
+  addSequence(seqId: number): void {
+    this.calls.push({ op: "add", seqId });
+    this.seqs.set(seqId, { tokens: [], pos: 0 });
   }
 
-  async decode(token: number): Promise<Float32Array> {
-    this.calls.push({ op: "decode", tokens: [token] });
-    this.seq.push(token);
-    this.pos++;
-    await this.wait();
-    return this.logits();
+  removeSequence(seqId: number): void {
+    this.calls.push({ op: "remove", seqId });
+    this.seqs.delete(seqId);
   }
 
-  popN(n: number): boolean {
+  async prefill(seqId: number, tokens: readonly number[], wantLogits: boolean): Promise<Float32Array | null> {
+    this.calls.push({ op: "prefill", seqId, tokens: [...tokens], wantLogits });
+    const s = this.get(seqId);
+    s.tokens.push(...tokens);
+    s.pos = 0;
+    await this.wait();
+    return wantLogits ? this.logits(0) : null;
+  }
+
+  async decode(seqIds: readonly number[], tokens: readonly number[]): Promise<Float32Array[]> {
+    this.calls.push({ op: "decode", seqIds: [...seqIds], tokens: [...tokens] });
+    const rows = seqIds.map((id, i) => {
+      const s = this.get(id);
+      s.tokens.push(tokens[i]!);
+      return this.logits(++s.pos);
+    });
+    await this.wait();
+    return rows;
+  }
+
+  popN(seqId: number, n: number): boolean {
     if (!this.supportsPopN) return false;
-    this.calls.push({ op: "popN", n });
-    this.seq.length -= n;
+    this.calls.push({ op: "popN", seqId, n });
+    this.get(seqId).tokens.length -= n;
     return true;
   }
 
-  reset(): void {
+  clear(): void {
     this.calls.push({ op: "reset" });
-    this.seq = [];
+    this.seqs.clear();
+  }
+
+  freePages(): number {
+    let used = 0;
+    for (const s of this.seqs.values()) used += Math.ceil(s.tokens.length / 16);
+    return FAKE_KV_PAGES - used;
   }
 
   statsText(): string {

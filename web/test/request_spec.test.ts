@@ -5,12 +5,13 @@
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { test } from "node:test";
-import { checkPrompts, StopMatcher } from "../src/engine.js";
+import { checkPrompts } from "../src/scheduler.js";
+import { StopStringMatcher } from "../src/text_stream.js";
 import { AAEError } from "../src/errors.js";
 import { parseChatRequest, parseCompletionRequest, type ParsedChatRequest, type ParsedCompletionRequest } from "../src/protocol.js";
 import { SPEC, type Endpoint } from "../src/request_spec.js";
 import { Sampler, SplitMix64, nucleus, specExp, specLog, type SamplingParams } from "../src/sampling.js";
-import { StreamingDetokenizer, TextTokenizer } from "../src/tokenizer.js";
+import { IncrementalDetokenizer, TextTokenizer } from "../src/tokenizer.js";
 
 const load = (name: string): any => JSON.parse(readFileSync(new URL(`../../../tests/fixtures/${name}`, import.meta.url), "utf8"));
 const SAMPLING = load("sampling_cases.json");
@@ -77,12 +78,12 @@ for (const c of SAMPLING.cases) {
 
 test("stop strings: what is emitted, held back and flushed", () => {
   for (const c of load("stop_cases.json").cases) {
-    const m = new StopMatcher(c.stops);
+    const m = new StopStringMatcher(c.stops);
     const emits: string[] = [];
     let finish: string | undefined;
     let final = "";
     for (const chunk of c.chunks) {
-      const r = m.push(chunk);
+      const r = m.feed(chunk);
       emits.push(r.emit);
       if (r.stopped) {
         finish = "stop";
@@ -90,7 +91,7 @@ test("stop strings: what is emitted, held back and flushed", () => {
       }
     }
     if (finish === undefined) {
-      const r = m.push(c.end);
+      const r = m.feed(c.end);
       [final, finish] = r.stopped ? [r.emit, "stop"] : [r.emit + m.flush(), "length"];
     }
     assert.deepEqual({ emits, final, finish }, c.expected, c.name);
@@ -107,7 +108,7 @@ test("streaming detokenizer: leading space, byte fallback, split multi-byte char
   };
   for (const c of fixture.cases) {
     const tok = toks[c.tokenizer]!;
-    const d = new StreamingDetokenizer(tok, c.prompt_ids);
+    const d = new IncrementalDetokenizer(tok, c.prompt_ids);
     assert.deepEqual(c.ids.map((i: number) => d.push(i)), c.deltas, c.name);
     assert.equal(d.flush(), c.flush, c.name);
     assert.deepEqual(c.ids.map((i: number) => Array.from(tok.tokenBytes(i))), c.token_bytes, c.name);

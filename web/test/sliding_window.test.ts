@@ -106,7 +106,7 @@ test("a diverging turn pops back even when the cache holds more than the window"
   backend.calls.length = 0;
   // "user:hello world\nassistant:" shares "user:" (3 tokens with BOS) with "user:a b\nassistant:".
   await engine.chat.completions.create({ messages: [{ role: "user", content: "a b" }] });
-  assert.deepEqual(backend.calls[0], { op: "popN", n: cachedBefore - 3 });
+  assert.deepEqual(backend.calls[0], { op: "popN", seqId: 0, n: cachedBefore - 3 });
   assert.ok(!backend.calls.some((c) => c.op === "reset"));
   const prompt = [1, ...ids("user:a b\nassistant:")];
   const prefills = backend.calls.filter((c) => c.op === "prefill");
@@ -116,12 +116,12 @@ test("a diverging turn pops back even when the cache holds more than the window"
   assert.deepEqual(backend.seq.slice(0, prompt.length), prompt);
 });
 
-test("with nothing in common the cache is cleared and refilled, as for any model", async () => {
+test("with nothing in common the cached sequence is freed and a new one filled, as for any model", async () => {
   const { engine, backend } = fakeEngine(REPLY, { sliding_window_size: 5, prefill_chunk_size: 3, chat_template: "{% for m in messages %}{{ m.content }}{% endfor %}", add_bos_token: false });
   await engine.chat.completions.create({ messages: USER });
   backend.calls.length = 0;
   await engine.chat.completions.create({ messages: [{ role: "user", content: "a b" }] });
-  assert.equal(backend.calls[0]!.op, "reset");
+  assert.deepEqual(backend.calls.slice(0, 2), [{ op: "remove", seqId: 0 }, { op: "add", seqId: 1 }]);
   assert.deepEqual(backend.calls.filter((c) => c.op === "prefill").flatMap((c) => c.tokens!), ids("a b"));
 });
 

@@ -85,9 +85,9 @@ test("typed errors survive the trip", async () => {
 });
 
 test("interruptGenerate reaches a running generation", async () => {
-  const { proxy, handler, close } = pair("a b a b a b a b a b a b a b a b a b a b");
+  const { proxy, backend, close } = pair("a b a b a b a b a b a b a b a b a b a b");
   try {
-    ((handler.engine as Engine) as unknown as { model: { backend: FakeBackend } }).model.backend.delayMs = 3;
+    backend.delayMs = 3;
     const stream = await proxy.chat.completions.create({ messages: USER, stream: true });
     const chunks: ChatCompletionChunk[] = [];
     for await (const c of stream) {
@@ -101,9 +101,8 @@ test("interruptGenerate reaches a running generation", async () => {
 });
 
 test("breaking out of a proxied stream cancels it in the worker", async () => {
-  const { proxy, handler, close } = pair("a b a b a b a b a b a b a b a b a b a b");
+  const { proxy, backend, close } = pair("a b a b a b a b a b a b a b a b a b a b");
   try {
-    const backend = (handler.engine as unknown as { model: { backend: FakeBackend } }).model.backend;
     backend.delayMs = 3;
     const stream = await proxy.chat.completions.create({ messages: USER, stream: true });
     let n = 0;
@@ -151,6 +150,35 @@ test("messages that are not ours are ignored on both sides", async () => {
     handler.onmessage({ data: null });
     const r = await proxy.chat.completions.create({ messages: USER, max_tokens: 1 });
     assert.equal(r.choices[0]!.message.content, "the");
+  } finally {
+    close();
+  }
+});
+
+test("a request's AbortSignal cancels it in the worker alone, streaming or not", async () => {
+  const { proxy, handler, backend, close } = pair("a b a b a b a b a b a b a b a b a b a b", { max_batch_size: 2 });
+  try {
+    backend.delayMs = 2;
+    const engine = handler.engine as Engine;
+    const controller = new AbortController();
+    const other = proxy.chat.completions.create({ messages: USER, max_tokens: 12 });
+    const stream = await proxy.chat.completions.create({ messages: USER, stream: true }, { signal: controller.signal });
+    await assert.rejects(
+      (async () => {
+        let n = 0;
+        for await (const _ of stream) if (++n === 3) controller.abort();
+      })(),
+      (e: unknown) => (e as Error).name === "AbortError",
+    );
+    const plain = new AbortController();
+    const pending = proxy.chat.completions.create({ messages: USER }, { signal: plain.signal });
+    setTimeout(() => plain.abort(), 6);
+    await assert.rejects(pending, (e: unknown) => (e as Error).name === "AbortError");
+    // The other request is untouched; the aborted ones' sequences are gone in the worker.
+    const r = await other;
+    assert.equal(r.choices[0]!.message.content, "a b a b a b "); // 12 tokens
+    await new Promise((res) => setTimeout(res, 10));
+    assert.equal(engine.kvCacheStats().activeSequences, 0);
   } finally {
     close();
   }
