@@ -35,7 +35,7 @@ from .tokenizer import TextTokenizer
 
 
 # --------------------------------------------------------------------------------------------
-# Request limits (request_spec.json "context_window"; web/src/engine.ts's planRequest applies the same)
+# Request limits (request_spec.json "context_window"; web/src/scheduler.ts checkPrompts is its twin)
 
 
 def check_prompts(kind: str, prompts: Sequence[Sequence[int]], logit_bias: Any, vocab_size: int, context_window: int) -> list[int]:

@@ -110,7 +110,7 @@ class IncrementalDetokenizer:
     So each step decodes a short window of recent tokens and emits what the new token added to the
     window's text, and it waits (emits nothing) while the text ends in an incomplete character
     (U+FFFD). The window starts with the prompt's last tokens so the first generated token decodes
-    with its leading space. web/src/tokenizer.ts's StreamingDetokenizer is its twin
+    with its leading space. web/src/tokenizer.ts's IncrementalDetokenizer is its twin
     (request_spec.json "detokenizer").
     """
 

@@ -5,7 +5,7 @@
 - a sliding-window model (tiny Mistral, W = 32) with a prompt past the window, then a second
   request that diverges from it past the window (the cache rolled back with popn): ids equal the
   native engine's (the window in the kernels, a cache that keeps every token, and the prefill
-  chunk rule of ARTIFACT.md, applied by web/src/engine.ts);
+  chunk rule of ARTIFACT.md, applied by web/src/model_runtime.ts);
 - SmolLM2-135M-Instruct q4f32_1 on the chat page: a streamed answer naming Paris; a second browser
   session on the same profile loads it without fetching a shard; a shard corrupted inside the
   browser cache is caught by its sha256 and fetched again, alone, and the answer is unchanged.

@@ -1,6 +1,6 @@
 """Run a compiled model library natively (cpu, or cuda where present) on TVM's Relax VM.
 
-This is the Python twin of web/src/engine.ts's model layer: load the shards listed in the manifest
+This is the Python twin of web/src/model_runtime.ts: load the shards listed in the manifest
 (verifying their sha256), create the paged KV cache, and expose prefill/decode per sequence.
 Sampling, templates and the OpenAI surface live above it (engine.py).
 """
