@@ -280,77 +280,25 @@ export class Engine implements EngineInterface {
     const record = findModel(this.config.appConfig, modelId);
     const abort = new AbortController();
     this.loading = abort;
-    const started = now();
-    const report = (phase: LoadPhase, fraction: number, text: string, p?: Partial<LoadProgress>) => {
-      // Downloading is most of a first load; compiling kernels the rest.
-      const overall = phase === "download" ? 0.9 * fraction : phase === "compile" ? 0.9 + 0.1 * fraction : 1;
-      this.progressCallback?.({
-        progress: overall,
-        timeElapsed: (now() - started) / 1000,
-        text,
-        phase,
-        loadedBytes: p?.loadedBytes ?? 0,
-        totalBytes: p?.totalBytes ?? 0,
-        loadedShards: p?.loadedShards ?? 0,
-        totalShards: p?.totalShards ?? 0,
-        cachedBytes: p?.cachedBytes ?? 0,
-      });
-    };
+    const report = this.progressReporter(now());
     let lastDownload: LoadProgress | undefined;
-    const loaderOpts: ConstructorParameters<typeof ArtifactLoader>[0] = {
-      store: this.makeStore(),
-      signal: abort.signal,
-      onProgress: (p) => {
-        lastDownload = p;
-        const mb = (b: number) => (b / 1048576).toFixed(1);
-        const verb = p.cachedBytes >= p.loadedBytes && p.loadedBytes > 0 ? "Loading from cache" : "Downloading";
-        report("download", p.progress, `${verb}: ${mb(p.loadedBytes)} / ${mb(p.totalBytes)} MB (${p.loadedShards}/${p.totalShards} shards)`, p);
-      },
-    };
-    if (this.config.fetch) loaderOpts.fetch = this.config.fetch;
-    if (this.config.maxConcurrentDownloads !== undefined) loaderOpts.maxConcurrency = this.config.maxConcurrentDownloads;
-    if (this.config.verifyCachedShards !== undefined) loaderOpts.verifyCached = this.config.verifyCachedShards;
-    const loader = new ArtifactLoader(loaderOpts);
+    const loader = this.makeLoader(abort.signal, (p) => {
+      lastDownload = p;
+      const mb = (b: number) => (b / 1048576).toFixed(1);
+      const verb = p.cachedBytes >= p.loadedBytes && p.loadedBytes > 0 ? "Loading from cache" : "Downloading";
+      report("download", p.progress, `${verb}: ${mb(p.loadedBytes)} / ${mb(p.totalBytes)} MB (${p.loadedShards}/${p.totalShards} shards)`, p);
+    });
     let ownedDevice: GPUDevice | undefined;
 
     try {
       const baseUrl = normalizeBaseUrl(record.model_url);
       report("download", 0, "Fetching model configuration");
-      let rawConfig: unknown;
-      try {
-        rawConfig = await loader.fetchJson(fileUrl(baseUrl, CHAT_CONFIG_FILE));
-      } catch (e) {
-        if (e instanceof NetworkError && e.details["status"] === 404) {
-          throw new ModelNotFoundError(`No ${CHAT_CONFIG_FILE} at ${baseUrl} (model "${modelId}"): is model_url right?`, { modelId, url: baseUrl });
-        }
-        throw e;
-      }
-      const config = parseChatConfig(rawConfig, fileUrl(baseUrl, CHAT_CONFIG_FILE));
-      if (config.model_id !== modelId) {
-        this.log(`model "${modelId}" points at a folder built as "${config.model_id}"`);
-      }
-
+      const config = await this.fetchChatConfig(loader, baseUrl, modelId);
       // Fail fast on the GPU before downloading anything large.
-      const gpu = this.config.gpu ?? (typeof navigator !== "undefined" ? navigator.gpu : undefined);
-      const setup = await requestDevice(gpu, config.required_features, this.config.requestAdapterOptions);
-      const { device, adapterDescription } = setup;
+      const device = await this.openDevice(config);
       ownedDevice = device;
-      this.log(`WebGPU adapter: ${adapterDescription}`);
-      this.adapterDescription = adapterDescription;
-      device.lost.then((info) => {
-        // tvm.dispose() destroys the device on purpose; only an unexpected loss is an error.
-        if (info.reason !== "destroyed") {
-          this.deviceLost = `${info.reason}: ${info.message}`;
-          this.log(`GPU device lost (${this.deviceLost})`);
-        }
-      });
-
       const manifest = parseManifest(await loader.fetchJson(fileUrl(baseUrl, config.manifest)), fileUrl(baseUrl, config.manifest));
-      const tokenizerFiles = new Set(config.tokenizer_files);
-      const tokJson = await loader.fetchJson(fileUrl(baseUrl, TOKENIZER_FILE));
-      const tokConfig = tokenizerFiles.has(TOKENIZER_CONFIG_FILE) ? await loader.fetchJson(fileUrl(baseUrl, TOKENIZER_CONFIG_FILE)) : {};
-      const tokenizer = new TextTokenizer(tokJson as object, tokConfig as object, { bos: config.bos_token_id, eos: config.eos_token_ids });
-      const template = new ChatTemplate(config.chat_template, chatTemplateSpecials(tokenizer));
+      const { tokenizer, template } = await fetchTokenizer(loader, baseUrl, config);
 
       const wasmUrl = record.model_lib_url ? new URL(record.model_lib_url, baseUrl).href : fileUrl(baseUrl, modelLibFile(config, "webgpu"));
       const wasm = await loader.fetchBytes(wasmUrl, {});
@@ -380,6 +328,65 @@ export class Engine implements EngineInterface {
     } finally {
       if (this.loading === abort) this.loading = undefined;
     }
+  }
+
+  /** Load progress as InitProgressReports: downloading is most of a first load, compiling kernels the rest. */
+  private progressReporter(started: number): (phase: LoadPhase, fraction: number, text: string, p?: Partial<LoadProgress>) => void {
+    return (phase, fraction, text, p) => {
+      const overall = phase === "download" ? 0.9 * fraction : phase === "compile" ? 0.9 + 0.1 * fraction : 1;
+      this.progressCallback?.({
+        progress: overall,
+        timeElapsed: (now() - started) / 1000,
+        text,
+        phase,
+        loadedBytes: p?.loadedBytes ?? 0,
+        totalBytes: p?.totalBytes ?? 0,
+        loadedShards: p?.loadedShards ?? 0,
+        totalShards: p?.totalShards ?? 0,
+        cachedBytes: p?.cachedBytes ?? 0,
+      });
+    };
+  }
+
+  private makeLoader(signal: AbortSignal, onProgress: (p: LoadProgress) => void): ArtifactLoader {
+    const options: ConstructorParameters<typeof ArtifactLoader>[0] = { store: this.makeStore(), signal, onProgress };
+    if (this.config.fetch) options.fetch = this.config.fetch;
+    if (this.config.maxConcurrentDownloads !== undefined) options.maxConcurrency = this.config.maxConcurrentDownloads;
+    if (this.config.verifyCachedShards !== undefined) options.verifyCached = this.config.verifyCachedShards;
+    return new ArtifactLoader(options);
+  }
+
+  private async fetchChatConfig(loader: ArtifactLoader, baseUrl: string, modelId: string): Promise<ChatConfig> {
+    let rawConfig: unknown;
+    try {
+      rawConfig = await loader.fetchJson(fileUrl(baseUrl, CHAT_CONFIG_FILE));
+    } catch (e) {
+      if (e instanceof NetworkError && e.details["status"] === 404) {
+        throw new ModelNotFoundError(`No ${CHAT_CONFIG_FILE} at ${baseUrl} (model "${modelId}"): is model_url right?`, { modelId, url: baseUrl });
+      }
+      throw e;
+    }
+    const config = parseChatConfig(rawConfig, fileUrl(baseUrl, CHAT_CONFIG_FILE));
+    if (config.model_id !== modelId) {
+      this.log(`model "${modelId}" points at a folder built as "${config.model_id}"`);
+    }
+    return config;
+  }
+
+  /** The WebGPU device for `config` (its required features), watched for an unexpected loss. */
+  private async openDevice(config: ChatConfig): Promise<GPUDevice> {
+    const gpu = this.config.gpu ?? (typeof navigator !== "undefined" ? navigator.gpu : undefined);
+    const { device, adapterDescription } = await requestDevice(gpu, config.required_features, this.config.requestAdapterOptions);
+    this.log(`WebGPU adapter: ${adapterDescription}`);
+    this.adapterDescription = adapterDescription;
+    device.lost.then((info) => {
+      // tvm.dispose() destroys the device on purpose; only an unexpected loss is an error.
+      if (info.reason !== "destroyed") {
+        this.deviceLost = `${info.reason}: ${info.message}`;
+        this.log(`GPU device lost (${this.deviceLost})`);
+      }
+    });
+    return device;
   }
 
   /** For tests and custom runtimes: install an already-built model (no download, no GPU). */
@@ -548,6 +555,15 @@ export class Engine implements EngineInterface {
 
 // ---------------------------------------------------------------------------------------------
 // Loading helpers
+
+/** The model's tokenizer and chat template, from the folder's tokenizer files. */
+async function fetchTokenizer(loader: ArtifactLoader, baseUrl: string, config: ChatConfig): Promise<{ tokenizer: TextTokenizer; template: ChatTemplate }> {
+  const tokJson = await loader.fetchJson(fileUrl(baseUrl, TOKENIZER_FILE));
+  const hasConfig = config.tokenizer_files.includes(TOKENIZER_CONFIG_FILE);
+  const tokConfig = hasConfig ? await loader.fetchJson(fileUrl(baseUrl, TOKENIZER_CONFIG_FILE)) : {};
+  const tokenizer = new TextTokenizer(tokJson as object, tokConfig as object, { bos: config.bos_token_id, eos: config.eos_token_ids });
+  return { tokenizer, template: new ChatTemplate(config.chat_template, chatTemplateSpecials(tokenizer)) };
+}
 
 function chatTemplateSpecials(tok: TextTokenizer): Record<string, string | null> {
   const out: Record<string, string | null> = { bos_token: tok.bosToken, eos_token: tok.eosToken };
