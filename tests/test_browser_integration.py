@@ -9,6 +9,9 @@ Then, in the same page, the request spec end to end (REQUESTS.md): seeded reques
 temperature, top_p, the three penalties and logit_bias, chat and completions, streaming and not,
 n = 2, give the native engine's token ids (`SphereAaeEngine` on the CPU): one PRNG, one sampling
 pipeline, one detokenizer and stop rule in both.
+
+The same seeded comparison on SmolLM2-135M-Instruct at q0f32 (a real chat model: ChatML template,
+49k vocabulary, f32 weights so CPU and WebGPU logits stay close), with few tokens per request.
 """
 
 from __future__ import annotations
@@ -76,11 +79,19 @@ SEEDED_JS = """async ({ modelUrl, adapterOptions, requests }) => {
 
 SAMPLING = {"temperature": 0.9, "top_p": 0.9, "presence_penalty": 0.3, "frequency_penalty": 0.4, "repetition_penalty": 1.1,
             "logit_bias": {"261": -2.5, "286": 1.5}, "max_tokens": 24, "return_token_ids": True}
+STORY_SCHEMA = {"type": "object", "required": ["name", "age", "friends"], "properties": {
+    "name": {"type": "string", "maxLength": 10}, "age": {"type": "integer", "minimum": 1, "maximum": 9},
+    "friends": {"type": "array", "maxItems": 2, "items": {"enum": ["Lily", "Tom", "Sue"]}}}}
 SEEDED_REQUESTS = [
     ("chat", {"messages": [{"role": "user", "content": "Once upon a time"}], "seed": 1234, "n": 2, **SAMPLING}),
     ("chat", {"messages": [{"role": "user", "content": "Lily and Tom"}], "seed": 99, "stream": True, **SAMPLING}),
     ("completion", {"prompt": "The cat sat", "seed": 7, **SAMPLING}),
     ("completion", {"prompt": "One day", "seed": -3, "stream": True, **SAMPLING, "temperature": 1.2}),
+    # Structured output: XGrammar's masks in both engines, so the same seed gives the same JSON.
+    ("chat", {"messages": [{"role": "user", "content": "Tom had a dog"}], "seed": 5, "n": 2, **SAMPLING, "max_tokens": 48,
+              "response_format": {"type": "json_schema", "json_schema": {"name": "story", "schema": STORY_SCHEMA}}}),
+    ("chat", {"messages": [{"role": "user", "content": "The sun"}], "seed": 6, "stream": True, **SAMPLING,
+              "response_format": {"type": "grammar", "grammar": 'root ::= "The " ("cat" | "dog" | "girl") " was " [a-z]+ "."'}}),
 ]
 
 
@@ -169,7 +180,7 @@ def test_integration_checks_in_chromium(
     print(report)
     assert r["failures"] == 0, report
     assert "stories260K reference checks on" in report
-    assert sum(line.startswith("ok ") for line in r["lines"]) == 12, report
+    assert sum(line.startswith("ok ") for line in r["lines"]) == 13, report
     assert errors == []
     assert_seeded_equal(SEEDED_REQUESTS, seeded, native)
     assert native[0]["choices"]["0"] != native[0]["choices"]["1"], "n = 2: each choice has its own seed"

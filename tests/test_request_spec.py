@@ -142,3 +142,33 @@ def test_model_checks(case: dict[str, Any]) -> None:
         assert error_dict(info.value) == case["error"]
     else:
         assert check() == case["max_new"]
+
+
+STRUCTURED = load("structured_cases.json")
+
+
+def test_structured_vocabularies() -> None:
+    """The vocabulary handed to XGrammar, by request_spec.json's rule (web: structured.test.ts)."""
+    from sphere_aae.structured import vocabulary
+
+    sources = {"stories260K": json.loads((STORIES / "tokenizer.json").read_text()), **STRUCTURED["tokenizers"]}
+    for name, v in STRUCTURED["vocabularies"].items():
+        assert vocabulary(sources[name], v["vocab_size"]) == (v["tokens"], v["vocab_type"], v["prepend_space"]), name
+
+
+@pytest.mark.parametrize("case", STRUCTURED["cases"], ids=lambda c: c["name"])
+def test_structured_masks(case: dict[str, Any], tmp_path: Path) -> None:
+    """Along each fixture path the grammar allows exactly the recorded tokens at every step."""
+    from sphere_aae.structured import GrammarCompiler, ResponseFormat
+
+    v = STRUCTURED["vocabularies"][case["tokenizer"]]
+    source = STORIES / "tokenizer.json" if case["tokenizer"] == "stories260K" else None
+    (tmp_path / "tokenizer.json").write_text(source.read_text() if source else json.dumps(STRUCTURED["tokenizers"][case["tokenizer"]]))
+    compiler = GrammarCompiler(tmp_path, v["vocab_size"], v["eos"])
+    f = case["format"]
+    matcher = compiler.matcher(compiler.compile(ResponseFormat(f["kind"], schema=f["schema"], grammar=f["grammar"])))
+    for i, step in enumerate(case["steps"]):
+        assert np.flatnonzero(matcher.allowed()).tolist() == step["allowed"], f"step {i}"
+        if step["token"] in v["eos"]:
+            break
+        matcher.accept(step["token"])

@@ -255,3 +255,78 @@ def test_cli_serve_entry_point():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# -- structured output (REQUESTS.md "Structured output"), through the real openai client ----------
+
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 20},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        "city": {"type": "string", "enum": ["Paris", "London", "Tokyo"]},
+        "pets": {"type": "array", "maxItems": 3, "items": {"type": "object", "required": ["kind", "legs"], "properties": {
+            "kind": {"enum": ["cat", "dog", "bird"]}, "legs": {"type": "integer", "minimum": 0, "maximum": 4}}}},
+        "address": {"type": "object", "required": ["street", "zip"], "properties": {
+            "street": {"type": "string", "maxLength": 30}, "zip": {"type": "integer", "minimum": 10000, "maximum": 99999}}},
+        "rating": {"type": "integer", "exclusiveMinimum": 0, "maximum": 5},
+        "member": {"type": "boolean"},
+    },
+    "required": ["name", "age", "city", "pets", "address", "rating"],
+}
+PERSON_FORMAT = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}}
+DESCRIBE = [{"role": "user", "content": "Describe a person as JSON."}]
+
+
+def test_json_schema_50_sampled_generations_all_validate(smollm2):
+    """Temperature 1, 50 different seeds (10 requests of n=5; choice i is seeded seed + i): every
+    answer parses and validates against the nested schema; the last one is streamed."""
+    import jsonschema
+
+    engine, url = smollm2
+    c = client(url)
+    texts = []
+    for k in range(10):
+        r = c.chat.completions.create(model="m", messages=DESCRIBE, temperature=1.0, seed=5 * k, n=5, max_tokens=256, response_format=PERSON_FORMAT)
+        assert all(ch.finish_reason == "stop" for ch in r.choices), [ch.finish_reason for ch in r.choices]
+        texts += [ch.message.content for ch in r.choices]
+    assert len(texts) == 50 and len(set(texts)) > 40, "seeds give different answers"
+    for text in texts:
+        jsonschema.validate(json.loads(text), PERSON)
+    stream = c.chat.completions.create(model="m", messages=DESCRIBE, temperature=1.0, seed=7, max_tokens=256, response_format=PERSON_FORMAT, stream=True)
+    streamed = "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices)
+    jsonschema.validate(json.loads(streamed), PERSON)
+    assert streamed == texts[7], "the same seed streamed and not"
+    wait_idle(engine)
+
+
+def test_json_object_and_grammar_formats(smollm2):
+    engine, url = smollm2
+    c = client(url)
+    r = c.chat.completions.create(model="m", messages=DESCRIBE, temperature=0.8, seed=1, max_tokens=128, response_format={"type": "json_object"})
+    assert isinstance(json.loads(r.choices[0].message.content), dict)
+    grammar = 'root ::= ("yes" | "no") ", because " [a-z ]{1,40} "."'
+    r = c.chat.completions.create(model="m", messages=QUESTION, temperature=1.0, seed=2, max_tokens=40, extra_body={"response_format": {"type": "grammar", "grammar": grammar}})
+    import re
+
+    assert re.fullmatch(r"(yes|no), because [a-z ]{1,40}\.", r.choices[0].message.content), r.choices[0].message.content
+    wait_idle(engine)
+
+
+@pytest.mark.parametrize(
+    ("response_format", "param", "words"),
+    [
+        ({"type": "json_schema", "json_schema": {"name": "p", "schema": {"type": "object", "properties": {"tags": {"type": "array", "uniqueItems": True}}}}},
+         "response_format.json_schema.schema.properties.tags.uniqueItems", "'uniqueItems' is not supported"),
+        ({"type": "json_schema", "json_schema": {"name": "p", "schema": {"type": "object", "properties": {"a": {"type": "integr"}}}}},
+         "response_format.json_schema.schema.properties.a.type", "not a JSON Schema type"),
+        ({"type": "grammar", "grammar": "root ::= ("}, "response_format.grammar", "Invalid 'response_format.grammar'"),
+        ({"type": "xml"}, "response_format.type", "is not supported"),
+    ],
+)
+def test_bad_response_formats_are_400_naming_the_path(smollm2, response_format, param, words):
+    _, url = smollm2
+    with pytest.raises(openai.BadRequestError) as info:
+        client(url).chat.completions.create(model="m", messages=DESCRIBE, max_tokens=8, extra_body={"response_format": response_format})
+    err = info.value.body
+    assert err["param"] == param and words in err["message"], err

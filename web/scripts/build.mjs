@@ -3,7 +3,7 @@
 // worker as-is (no import map, no bundler on the user's side).
 import { build } from "esbuild";
 import { execFileSync } from "node:child_process";
-import { existsSync, readFileSync, rmSync, writeFileSync, statSync } from "node:fs";
+import { copyFileSync, existsSync, readFileSync, rmSync, writeFileSync, statSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -16,6 +16,14 @@ execFileSync(process.execPath, [resolve(root, "node_modules/typescript/bin/tsc")
 
 // The packages esbuild inlines into dist/index.js, whose licenses must travel with it.
 const BUNDLED = ["@mlc-ai/web-runtime", "@huggingface/tokenizers", "@huggingface/jinja"];
+// Shipped beside it and loaded on the first structured-output request only (2.4 MB: its wasm is inlined).
+const LAZY = { "@mlc-ai/web-xgrammar": { file: "xgrammar.js", from: "lib/index.js" } };
+const lazyModules = {
+  name: "lazy-modules",
+  setup(b) {
+    b.onResolve({ filter: /^@mlc-ai\/web-xgrammar$/ }, (args) => ({ path: "./" + LAZY[args.path].file, external: true }));
+  },
+};
 
 await build({
   entryPoints: [resolve(root, "src/index.ts")],
@@ -33,7 +41,9 @@ await build({
   // in a browser, and under Node engine.ts provides `require` itself.
   external: ["fs", "path", "perf_hooks", "ws", "crypto", "url", "module"],
   logLevel: "warning",
+  plugins: [lazyModules],
 });
+for (const [name, { file, from }] of Object.entries(LAZY)) copyFileSync(resolve(root, "node_modules", name, from), resolve(dist, file));
 
 // A ready-made worker script: `new Worker("/web/dist/worker.js", {type: "module"})` needs no code.
 writeFileSync(
@@ -45,8 +55,8 @@ self.onmessage = (msg) => handler.onmessage(msg);
 `,
 );
 
-let notices = "Third-party software bundled into dist/index.js\n";
-for (const name of BUNDLED) {
+let notices = "Third-party software bundled into dist/index.js (and dist/xgrammar.js)\n";
+for (const name of [...BUNDLED, ...Object.keys(LAZY)]) {
   const dir = resolve(root, "node_modules", name);
   const pkg = JSON.parse(readFileSync(resolve(dir, "package.json"), "utf8"));
   notices += `\n${"=".repeat(78)}\n${name} ${pkg.version} (${pkg.license})\n${"=".repeat(78)}\n`;

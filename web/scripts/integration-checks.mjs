@@ -129,6 +129,17 @@ export async function runIntegrationChecks({ aae, load, config, log, quick = fal
     await assert.rejects(engine.completions.create({ prompt: long, max_tokens: 1 }), aae.ContextWindowExceededError);
   });
 
+  await check("a reused prefix spanning pages, then a prompt crossing a page edge, gives the fresh-cache text", async () => {
+    const long = STORY_PROMPT + fresh; // ~45 tokens: three KV pages
+    await engine.resetChat();
+    await greedy(engine, long, 12);
+    // Diverges after ~20 tokens (mid page 2), then ~25 new tokens cross into the next pages.
+    const other = STORY_PROMPT + fresh.slice(0, 60) + " The dog was sad. It wanted to play with the big red ball in the park.";
+    const reused = await greedy(engine, other, 12);
+    await engine.resetChat();
+    assert.equal(reused, await greedy(engine, other, 12));
+  });
+
   await check("two concurrent requests (batch_decode) each equal their solo runs", async () => {
     const body = (prompt, seed) => ({ prompt, seed, max_tokens: 24, temperature: 1, top_p: 0.9, return_token_ids: true });
     const ids = (r) => JSON.stringify(r.choices[0].token_ids);

@@ -34,7 +34,7 @@ import {
   type LoadPhase,
   type LoadProgress,
 } from "./cache.js";
-import { DeviceLostError, EngineNotLoadedError, ModelNotFoundError, NetworkError } from "./errors.js";
+import { DeviceLostError, EngineNotLoadedError, FeatureNotSupportedError, ModelNotFoundError, NetworkError } from "./errors.js";
 import { ModelRuntime, TVMBackend, type ForwardBackend } from "./model_runtime.js";
 import {
   parseChatRequest,
@@ -54,6 +54,7 @@ import {
 import type { Endpoint } from "./request_spec.js";
 import type { SamplingParams } from "./sampling.js";
 import { Failure, Request, Scheduler, now, type SchedulerEvent } from "./scheduler.js";
+import { GrammarCompiler, isConstrained, type ResponseFormat } from "./structured.js";
 import { ChatTemplate } from "./template.js";
 import { TextTokenizer } from "./tokenizer.js";
 import { requestDevice } from "./webgpu.js";
@@ -149,6 +150,8 @@ export interface LoadedModel {
   tokenizer: TextTokenizer;
   template: ChatTemplate;
   backend: ForwardBackend;
+  /** The folder's tokenizer.json, which structured output builds its vocabulary from. */
+  tokenizerJson?: Record<string, unknown>;
 }
 
 /** A model in use: what was loaded, its runtime and its scheduler. */
@@ -156,6 +159,8 @@ interface Active {
   model: LoadedModel;
   runtime: ModelRuntime;
   scheduler: Scheduler;
+  /** structured output's grammars, compiled against this model's vocabulary */
+  grammars: GrammarCompiler | undefined;
 }
 
 /** A validated, tokenized request, ready to submit (Python's _Prepared). */
@@ -170,6 +175,7 @@ interface Prepared {
   includeUsage: boolean;
   echoTexts: string[];
   returnTokenIds: boolean;
+  responseFormat?: ResponseFormat | undefined;
 }
 
 /** Events of one request, as they come from the scheduler, awaited one at a time. */
@@ -298,7 +304,7 @@ export class Engine implements EngineInterface {
       const device = await this.openDevice(config);
       ownedDevice = device;
       const manifest = parseManifest(await loader.fetchJson(fileUrl(baseUrl, config.manifest)), fileUrl(baseUrl, config.manifest));
-      const { tokenizer, template } = await fetchTokenizer(loader, baseUrl, config);
+      const { tokenizer, template, tokenizerJson } = await fetchTokenizer(loader, baseUrl, config);
 
       const wasmUrl = record.model_lib_url ? new URL(record.model_lib_url, baseUrl).href : fileUrl(baseUrl, modelLibFile(config, "webgpu"));
       const wasm = await loader.fetchBytes(wasmUrl, {});
@@ -319,7 +325,7 @@ export class Engine implements EngineInterface {
         backend.dispose();
         abort.signal.throwIfAborted();
       }
-      this.installModel({ modelId, config, tokenizer, template, backend });
+      this.installModel({ modelId, config, tokenizer, template, backend, tokenizerJson });
       report("ready", 1, `Ready: ${modelId}`, lastDownload);
     } catch (e) {
       // Do not keep a device (and whatever it allocated) for a model that failed to load.
@@ -400,7 +406,8 @@ export class Engine implements EngineInterface {
       slidingWindowSize: config.sliding_window_size,
     });
     const scheduler = new Scheduler(runtime, model.tokenizer, config.eos_token_ids, maxBatchSize);
-    this.active = { model, runtime, scheduler };
+    const grammars = model.tokenizerJson ? new GrammarCompiler(model.tokenizerJson, config.model_config.vocab_size, config.eos_token_ids) : undefined;
+    this.active = { model, runtime, scheduler, grammars };
     this.deviceLost = undefined;
   }
 
@@ -445,7 +452,7 @@ export class Engine implements EngineInterface {
     const active = this.requireActive();
     const prepared = this.prepare(active.model, kind, body);
     const events = new EventQueue();
-    const { request, assembler } = this.submit(active, prepared, events.push);
+    const { request, assembler } = await this.submit(active, prepared, events.push);
     const onAbort = () => {
       active.scheduler.cancel(request);
       events.push(new Failure(signal!.reason));
@@ -493,6 +500,7 @@ export class Engine implements EngineInterface {
       return {
         kind, prompts: [ids], sampling: chat.sampling, wantLogprobs: chat.sampling.logprobs, topLogprobs: chat.sampling.topLogprobs,
         n: chat.n, stream: chat.stream, includeUsage: chat.includeUsage, echoTexts: [], returnTokenIds: chat.returnTokenIds,
+        responseFormat: chat.responseFormat,
       };
     }
     const comp = parseCompletionRequest(body as CompletionRequest);
@@ -507,7 +515,7 @@ export class Engine implements EngineInterface {
   }
 
   /** Make the request's choices and hand them to the scheduler (Python's _Base._submit). */
-  private submit(active: Active, p: Prepared, sink: (e: SchedulerEvent) => void): { request: Request; assembler: Assembler } {
+  private async submit(active: Active, p: Prepared, sink: (e: SchedulerEvent) => void): Promise<{ request: Request; assembler: Assembler }> {
     const { model, scheduler } = active;
     const s = p.sampling;
     const d = model.config.sampling;
@@ -524,6 +532,12 @@ export class Engine implements EngineInterface {
     };
     const request = new Request(p.kind, sink);
     scheduler.makeJobs(request, p.prompts, { sampling, seed: s.seed, maxTokens: s.max_tokens, stop: s.stop }, p.n);
+    if (isConstrained(p.responseFormat)) {
+      // Compiled before the request is queued: a schema XGrammar cannot take is the caller's error.
+      if (!active.grammars) throw new FeatureNotSupportedError("This model was installed without its tokenizer.json: structured output needs it.", { feature: "response_format" });
+      const compiled = await active.grammars.compile(p.responseFormat);
+      for (const job of request.jobs) job.grammar = await active.grammars.matcher(compiled);
+    }
     const assembler = new Assembler(request, p.kind, {
       modelId: model.modelId,
       tokenizer: model.tokenizer,
@@ -557,12 +571,12 @@ export class Engine implements EngineInterface {
 // Loading helpers
 
 /** The model's tokenizer and chat template, from the folder's tokenizer files. */
-async function fetchTokenizer(loader: ArtifactLoader, baseUrl: string, config: ChatConfig): Promise<{ tokenizer: TextTokenizer; template: ChatTemplate }> {
+async function fetchTokenizer(loader: ArtifactLoader, baseUrl: string, config: ChatConfig): Promise<{ tokenizer: TextTokenizer; template: ChatTemplate; tokenizerJson: Record<string, unknown> }> {
   const tokJson = await loader.fetchJson(fileUrl(baseUrl, TOKENIZER_FILE));
   const hasConfig = config.tokenizer_files.includes(TOKENIZER_CONFIG_FILE);
   const tokConfig = hasConfig ? await loader.fetchJson(fileUrl(baseUrl, TOKENIZER_CONFIG_FILE)) : {};
   const tokenizer = new TextTokenizer(tokJson as object, tokConfig as object, { bos: config.bos_token_id, eos: config.eos_token_ids });
-  return { tokenizer, template: new ChatTemplate(config.chat_template, chatTemplateSpecials(tokenizer)) };
+  return { tokenizer, template: new ChatTemplate(config.chat_template, chatTemplateSpecials(tokenizer)), tokenizerJson: tokJson as Record<string, unknown> };
 }
 
 function chatTemplateSpecials(tok: TextTokenizer): Record<string, string | null> {

@@ -7,6 +7,7 @@
  * running with defaults. Every failure is an InvalidRequestError whose `field` names the
  * offending field ("messages[1].role").
  */
+import { checkResponseFormat, isConstrained, type ResponseFormat } from "./structured.js";
 import { InvalidRequestError } from "./errors.js";
 import { SPEC, endpointFields, errorText, fieldType, rangeRule, show, typeName, type Endpoint, type FieldSpec } from "./request_spec.js";
 
@@ -62,7 +63,13 @@ export interface ChatCompletionRequestBase extends SamplingRequestFields {
   max_completion_tokens?: number | null;
   logprobs?: boolean | null;
   top_logprobs?: number | null;
-  response_format?: { type: "text" } | null;
+  /** OpenAI's forms, plus {type: "grammar", grammar: EBNF} (REQUESTS.md, "Structured output"). */
+  response_format?:
+    | { type: "text" }
+    | { type: "json_object" }
+    | { type: "json_schema"; json_schema: { name: string; description?: string; schema?: Record<string, unknown> | boolean; strict?: boolean | null } }
+    | { type: "grammar"; grammar: string }
+    | null;
   tool_choice?: "none" | "auto" | null;
 }
 export interface ChatCompletionRequestStreaming extends ChatCompletionRequestBase {
@@ -219,6 +226,8 @@ interface ParsedCommon {
 
 export interface ParsedChatRequest extends ParsedCommon {
   messages: ParsedMessage[];
+  /** undefined or text: unconstrained */
+  responseFormat?: ResponseFormat;
 }
 
 export interface ParsedCompletionRequest extends ParsedCommon {
@@ -313,11 +322,6 @@ function parseStreamOptions(v: unknown): boolean {
   if (extra.length) throw specError("stream_options_field", `stream_options.${extra[0]}`, { names: extra.join(", ") });
   const usage = v["include_usage"];
   return usage === undefined || usage === null ? false : bool("stream_options.include_usage", usage);
-}
-
-function checkResponseFormat(v: unknown): void {
-  if (!isRecord(v)) throw badType("response_format", v, "object");
-  if (v["type"] !== "text") throw specError("response_format", "response_format.type", { value: show(v["type"]) });
 }
 
 function parseContent(field: string, content: unknown, role: string): string {
@@ -418,6 +422,9 @@ function checkRule(rule: string, kind: Endpoint, v: Map<string, unknown>): void 
     throw specError("top_logprobs_without_logprobs", "top_logprobs");
   }
   if (rule === "echo_without_logprobs" && kind === "completion" && v.has("logprobs") && v.get("echo")) throw specError("echo_with_logprobs", "logprobs");
+  if (rule === "response_format_without_ignore_eos" && v.get("ignore_eos") && isConstrained(v.get("response_format") as ResponseFormat | undefined)) {
+    throw specError("response_format_ignore_eos", "ignore_eos");
+  }
   if (rule === "best_of_is_n" && v.has("best_of") && v.get("best_of") !== (v.get("n") ?? SPEC.fields["n"]!.default)) throw specError("best_of", "best_of");
 }
 
@@ -468,7 +475,10 @@ function parseCommon(kind: Endpoint, v: Map<string, unknown>): ParsedCommon {
 /** Validate a chat completion request; throws InvalidRequestError naming the bad field. */
 export function parseChatRequest(body: unknown): ParsedChatRequest {
   const v = checkRequest("chat", body);
-  return { ...parseCommon("chat", v), messages: v.get("messages") as ParsedMessage[] };
+  const out: ParsedChatRequest = { ...parseCommon("chat", v), messages: v.get("messages") as ParsedMessage[] };
+  const format = v.get("response_format") as ResponseFormat | undefined;
+  if (format !== undefined) out.responseFormat = format;
+  return out;
 }
 
 /** Validate a (legacy) text completion request; max_tokens defaults to 16 as there. */

@@ -48,6 +48,23 @@ export interface RequestSpec {
   context_window: { param: Record<Endpoint, string> };
   detokenizer: { prefix_tokens: number; skip_special_tokens: boolean; incomplete_char: string };
   scheduler: { admissions_per_turn: number; prefix_cache_sequences: number; min_prefix_tokens: number };
+  structured_output: {
+    engine_version: string;
+    any_whitespace: boolean;
+    indent: number | null;
+    separators: [string, string];
+    strict_mode: boolean;
+    json_object_schema: Record<string, unknown>;
+    json_schema_fields: string[];
+    response_format_fields: Record<string, string[]>;
+    name_pattern: string;
+    types: string[];
+    schema_keywords: Record<string, string>;
+    integer_only_keywords: string[];
+    annotation_keywords: string[];
+    value_kinds: Record<string, string>;
+    vocab_types: Record<string, string>;
+  };
 }
 
 export const SPEC = RAW as unknown as RequestSpec;

@@ -28,7 +28,7 @@ export interface SamplingParams {
 /** Temperatures below this are treated as 0 (greedy): dividing by ~0 only produces inf/NaN. */
 export const GREEDY_TEMPERATURE: number = SPEC.sampling.greedy_below_temperature;
 /** The processors that only transform logits (what `Sampler.process` runs, in the spec's order). */
-export const LOGIT_PROCESSORS: readonly string[] = ["ignore_eos", "logit_bias", "repetition_penalty", "frequency_presence_penalty"];
+export const LOGIT_PROCESSORS: readonly string[] = ["ignore_eos", "grammar", "logit_bias", "repetition_penalty", "frequency_presence_penalty"];
 
 // ---------------------------------------------------------------------------------------------
 // The spec's arithmetic: PRNG, exp, log, sums
@@ -201,6 +201,8 @@ export interface SampledToken {
 /** One token's pipeline state, passed from processor to processor. */
 interface Step {
   x: Float64Array;
+  /** what a structured-output grammar allows next (one bit per token, XGrammar's bitmask) */
+  allowed?: Int32Array | undefined;
   logprobs?: Float64Array;
   weights?: Float64Array;
   /** the ids the draw chooses among (null: every id, in id order), with their running mass */
@@ -234,6 +236,7 @@ export class Sampler {
     this.eos = [...new Set(eosIds)].filter((t) => t >= 0 && t < vocabSize);
     const table: Record<string, Stage> = {
       ignore_eos: (s) => this.ignoreEos(s),
+      grammar: (s) => this.grammar(s),
       logit_bias: (s) => this.logitBias(s),
       repetition_penalty: (s) => this.repetitionPenalty(s),
       frequency_presence_penalty: (s) => this.frequencyPresencePenalty(s),
@@ -259,15 +262,18 @@ export class Sampler {
   }
 
   /** The logit processors only: float64 logits with the mask, bias and penalties applied. */
-  process(logits: ArrayLike<number>): Float64Array {
-    const step: Step = { x: this.widen(logits) };
+  process(logits: ArrayLike<number>, allowed?: Int32Array): Float64Array {
+    const step: Step = { x: this.widen(logits), allowed };
     for (const s of this.logitStages) s(step);
     return step.x;
   }
 
-  /** Pick the next token from one position's logits and record it for the penalties. */
-  sample(logits: ArrayLike<number>): SampledToken {
-    const step: Step = { x: this.widen(logits) };
+  /**
+   * Pick the next token from one position's logits and record it for the penalties. `allowed`:
+   * the tokens a structured-output grammar allows (structured.ts GrammarMatcher).
+   */
+  sample(logits: ArrayLike<number>, allowed?: Int32Array): SampledToken {
+    const step: Step = { x: this.widen(logits), allowed };
     for (const s of this.stages) s(step);
     const token = step.token;
     if (token === undefined) throw new Error("request_spec.json's processors must end with the draw");
@@ -282,6 +288,12 @@ export class Sampler {
 
   private ignoreEos(step: Step): void {
     if (this.params.ignore_eos) for (const t of this.eos) step.x[t] = Number.NEGATIVE_INFINITY;
+  }
+
+  private grammar(step: Step): void {
+    const bits = step.allowed;
+    if (!bits) return;
+    for (let t = 0; t < this.vocabSize; t++) if (((bits[t >>> 5]! >>> (t & 31)) & 1) === 0) step.x[t] = Number.NEGATIVE_INFINITY;
   }
 
   private logitBias(step: Step): void {

@@ -16,6 +16,7 @@ import { ContextWindowExceededError } from "./errors.js";
 import { specError, type FinishReason } from "./protocol.js";
 import { SPEC, errorText, type Endpoint } from "./request_spec.js";
 import { Sampler, randomSeed, type SampledToken, type SamplingParams } from "./sampling.js";
+import type { GrammarMatcher } from "./structured.js";
 import { TextStream } from "./text_stream.js";
 import type { TextTokenizer } from "./tokenizer.js";
 
@@ -93,6 +94,8 @@ export class Job {
   firstTokenS = 0;
   admittedAt = 0;
   finished = false;
+  /** structured output: what may come next */
+  grammar: GrammarMatcher | undefined;
 
   constructor(
     readonly request: Request,
@@ -263,7 +266,8 @@ export class Scheduler {
       job.admittedAt = now();
       const reused = this.takeSequence(job);
       const rest = job.promptIds.slice(reused);
-      const logits = await this.runtime.prefill(job.seqId!, rest);
+      // The grammar's first mask is computed while the prefill runs on the device.
+      const [logits] = await Promise.all([this.runtime.prefill(job.seqId!, rest), job.grammar?.prepare()]);
       if (job.finished) return; // failed meanwhile (terminate)
       job.prefillTokens = rest.length;
       job.prefillS = (now() - job.admittedAt) / 1000;
@@ -303,7 +307,9 @@ export class Scheduler {
     let rows: Float32Array[];
     const t0 = now();
     try {
-      rows = await this.runtime.decode(batch.map((j) => j.seqId!), batch.map((j) => j.lastToken));
+      // The next masks of grammar-constrained choices are computed while the step runs on the device.
+      const step = this.runtime.decode(batch.map((j) => j.seqId!), batch.map((j) => j.lastToken));
+      [rows] = await Promise.all([step, Promise.all(batch.map((j) => j.grammar?.prepare()))]);
     } catch (e) {
       for (const request of distinctRequests(batch)) this.fail(request, e);
       return;
@@ -323,7 +329,7 @@ export class Scheduler {
 
   /** Sample one token for `job` and send its text (request_spec.json's EOS, stop and context rules); true when it finished. */
   private step(job: Job, logits: Float32Array): boolean {
-    const sampled = job.sampler.sample(logits);
+    const sampled = job.sampler.sample(logits, job.grammar?.allowed());
     const params = job.sampler.params;
     job.generatedIds.push(sampled.tokenId);
     job.pendingIds.push(sampled.tokenId);
@@ -336,6 +342,7 @@ export class Scheduler {
       finish = "stop";
     } else {
       job.lastToken = sampled.tokenId;
+      job.grammar?.accept(sampled.tokenId);
       if (params.logprobs) tokens.push(sampled);
       const r = job.text.push(sampled.tokenId);
       text = r.text;
@@ -374,6 +381,8 @@ export class Scheduler {
   /** End the job; `keep`: its sequence goes to the prefix cache (holding prompt + generated but the last). */
   private release(job: Job, keep: boolean): void {
     job.finished = true;
+    job.grammar?.dispose();
+    job.grammar = undefined;
     const at = this.running.indexOf(job);
     if (at >= 0) this.running.splice(at, 1);
     if (job.seqId === undefined) return;

@@ -194,6 +194,7 @@ export function fakeEngine(reply: string | number[], over: Partial<ChatConfig> =
     tokenizer,
     template: new ChatTemplate(config.chat_template, { bos_token: "<s>", eos_token: "</s>" }),
     backend,
+    tokenizerJson: TOKENIZER_JSON,
   });
   return { engine, backend };
 }

@@ -93,7 +93,7 @@ test("bad fields are named", () => {
   badField({ messages: msgs, n: 129 }, "n", /between 1 and 128/);
   badField({ messages: msgs, max_tokens: 5, max_completion_tokens: 5 }, "max_completion_tokens");
   badField({ messages: msgs, top_logprobs: 2 }, "top_logprobs", /'logprobs' must be set/);
-  badField({ messages: msgs, response_format: { type: "json_object" } }, "response_format.type");
+  badField({ messages: msgs, response_format: { type: "json" } as never }, "response_format.type");
   badField({ messages: msgs, tools: [{ type: "function" }] }, "tools");
   badField({ messages: msgs, tool_choice: "required" }, "tool_choice");
 });

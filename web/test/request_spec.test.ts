@@ -130,8 +130,11 @@ function normalized(kind: Endpoint, r: ParsedChatRequest | ParsedCompletionReque
     logit_bias: Object.fromEntries([...s.logit_bias].map(([k, v]) => [String(k), v])),
     ignore_eos: s.ignore_eos, logprobs: s.logprobs, top_logprobs: s.topLogprobs,
   };
-  if (kind === "chat") out["messages"] = (r as ParsedChatRequest).messages;
-  else Object.assign(out, { prompts: (r as ParsedCompletionRequest).prompts, echo: (r as ParsedCompletionRequest).echo });
+  if (kind === "chat") {
+    out["messages"] = (r as ParsedChatRequest).messages;
+    const f = (r as ParsedChatRequest).responseFormat;
+    out["response_format"] = f ? { kind: f.kind, schema: f.schema ?? null, grammar: f.grammar ?? null, name: f.name ?? null } : null;
+  } else Object.assign(out, { prompts: (r as ParsedCompletionRequest).prompts, echo: (r as ParsedCompletionRequest).echo });
   return out;
 }
 
