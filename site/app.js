@@ -189,6 +189,8 @@ function readNumber(id) {
 
 async function send(text) {
   if (!state.engine || state.generating || !text.trim()) return;
+  const format = responseFormat();
+  if (format === null) return;
   state.generating = true;
   setState("generating");
   showStatus("");
@@ -209,6 +211,7 @@ async function send(text) {
     const v = readNumber(id);
     if (v !== undefined) request[field] = v;
   }
+  if (format) request.response_format = format;
 
   let content = "";
   let finish = null;
@@ -256,6 +259,26 @@ async function send(text) {
     if (state.loadedId) $("prompt").focus();
   }
 }
+
+/**
+ * JSON mode: OpenAI's response_format, decoded under the schema's grammar (REQUESTS.md,
+ * "Structured output"). undefined: off; null: the schema box is not valid JSON (said in the status).
+ */
+function responseFormat() {
+  if (!$("json-mode").checked) return undefined;
+  const text = $("json-schema").value.trim();
+  if (!text) return { type: "json_object" };
+  try {
+    return { type: "json_schema", json_schema: { name: "page_schema", schema: JSON.parse(text), strict: true } };
+  } catch (e) {
+    showStatus(`The JSON Schema box is not valid JSON: ${e.message}`);
+    return null;
+  }
+}
+
+$("json-mode").addEventListener("change", () => {
+  $("json-schema").disabled = !$("json-mode").checked;
+});
 
 $("chat-form").addEventListener("submit", (ev) => {
   ev.preventDefault();

@@ -1,7 +1,8 @@
 """Real compiled models in headless Chromium on WebGPU (no GPU here: CPU WebGPU routes).
 
 - stories260K q0f32 on the demo page (worker engine, SwiftShader): greedy token ids equal the
-  native engine's, which equal the fixture's reference;
+  native engine's, which equal the fixture's reference; then the page's JSON mode with a schema
+  gives JSON valid against it;
 - a sliding-window model (tiny Mistral, W = 32) with a prompt past the window, then a second
   request that diverges from it past the window (the cache rolled back with popn): ids equal the
   native engine's (the window in the kernels, a cache that keeps every token, and the prefill
@@ -83,6 +84,10 @@ def stories_web(stories_dir: Path, web_models_dir: Path) -> Path:
     return build(stories_dir, "q0f32", web_models_dir)
 
 
+PAGE_SCHEMA = {"type": "object", "required": ["name", "age"], "properties": {
+    "name": {"type": "string", "maxLength": 8}, "age": {"type": "integer", "minimum": 1, "maximum": 9}}}
+
+
 def test_stories260k_ids_match_native_and_reference(
     stories_dir: Path, stories_web: Path, web_models_dir: Path, web_dist: Path, playwright: Any, tmp_path: Path
 ) -> None:
@@ -98,9 +103,19 @@ def test_stories260k_ids_match_native_and_reference(
             _send_chat(page, STORY_PROMPT, max_tokens=STORY_TOKENS, timeout_s=300)
             answer = page.evaluate("window.aae.lastAnswer")
             bubble = page.eval_on_selector(".msg.assistant", "el => el.firstChild.textContent")
+            # JSON mode with a schema in the settings: the answer is JSON valid against it.
+            page.click("#reset-btn")
+            page.check("#json-mode")
+            page.fill("#json-schema", json.dumps(PAGE_SCHEMA))
+            _send_chat(page, "Tom had a dog", max_tokens=60, timeout_s=300)
+            json_answer = page.evaluate("window.aae.lastAnswer")
             assert errors == []
         finally:
             ctx.close()
+    import jsonschema
+
+    assert json_answer["finish"] == "stop", json_answer
+    jsonschema.validate(json.loads(json_answer["content"]), PAGE_SCHEMA)
     # The page ran a base model's chat turn: the prompt is the text, BOS first.
     assert answer["promptIds"] + answer["ids"] == native == STORIES_REFERENCE_IDS
     assert answer["finish"] == "length"
