@@ -94,7 +94,8 @@ def _aae_worker(args: dict[str, Any]) -> dict[str, Any]:
         prepared = prepare_model(args["model"], quantization=args["quantization"], device=args["device"],
                                  model_lib=args["model_lib"])
         n_prompt = len(TextTokenizer(prepared.model_dir, prepared.config).encode(args["prompt"]))
-        n_ctx = bench_context_size(n_prompt, args)
+        # --structured adds a chat request (template, JSON answer): room for it beyond the comparison's.
+        n_ctx = bench_context_size(n_prompt, args) + (384 if args.get("structured") else 0)
         overrides = {"context_window_size": n_ctx, "prefill_chunk_size": min(int(prepared.config["prefill_chunk_size"]), n_ctx)}
     t0 = time.perf_counter()
     engine = SphereAaeEngine(
@@ -123,12 +124,14 @@ def _aae_worker(args: dict[str, Any]) -> dict[str, Any]:
                          "prefill_tokens_per_s": usage.prefill_tokens_per_s, "decode_tokens_per_s": usage.decode_tokens_per_s,
                          "context": n_ctx, "text": "".join(parts)})
         streams = _concurrent_streams(engine, prompt_ids, args) if args.get("streams", 1) > 1 else None
+        peak_rss_mb = _peak_rss_mb()  # before structured output, which brings PyTorch in (XGrammar imports it)
+        structured = _structured_cost(engine, args, runs[0]["decode_tokens_per_s"]) if args.get("structured") else None
         return {
-            **runs[0], "contexts": runs[1:], "streams": streams,
+            **runs[0], "contexts": runs[1:], "streams": streams, "structured": structured,
             "load_s": load_s,
             "prepare_s": engine.load_stats.get("prepare_s"),
             "runtime_load_s": engine.load_stats.get("runtime_load_s"),
-            "peak_rss_mb": _peak_rss_mb(),
+            "peak_rss_mb": peak_rss_mb,
             "prompt_ids": prompt_ids,
             "model_id": engine.model_id,
             "model_dir": str(engine.model_dir),
@@ -160,6 +163,47 @@ def _concurrent_streams(engine: Any, prompt_ids: list[int], args: Mapping[str, A
     return {"streams": args["streams"], "one_stream_tokens_per_s": one, "total_tokens_per_s": many, "speedup": many / one,
             "one_stream_decode_tokens_per_s": one_decode, "total_decode_tokens_per_s": many_decode,
             "decode_speedup": many_decode / one_decode}
+
+
+# The schema of the structured-output figure: nested objects, an array, an enum, bounded integers.
+STRUCTURED_SCHEMA = {
+    "type": "object", "required": ["name", "age", "city", "pets"],
+    "properties": {
+        "name": {"type": "string", "maxLength": 20}, "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        "city": {"type": "string", "enum": ["Paris", "London", "Tokyo"]},
+        "pets": {"type": "array", "maxItems": 3, "items": {"type": "object", "required": ["kind"], "properties": {"kind": {"enum": ["cat", "dog"]}}}},
+    },
+}
+
+
+def _structured_cost(engine: Any, args: Mapping[str, Any], decode_tokens_per_s: float | None) -> dict[str, Any]:
+    """What structured output costs per token: a seeded json_schema request, then its tokens
+    replayed through a fresh matcher of the same grammar, timing the mask and the accept of each
+    (the work the scheduler adds to a step), against the plain run's decode step."""
+    from .structured import ResponseFormat
+
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": STRUCTURED_SCHEMA}}
+    t0 = time.perf_counter()
+    r = engine.chat.completions.create(messages=[{"role": "user", "content": "Describe a person as JSON."}], temperature=0.7, seed=1,
+                                       max_tokens=256, response_format=fmt, return_token_ids=True)
+    wall = time.perf_counter() - t0
+    grammars = engine._core.grammars
+    compiled = grammars.compile(ResponseFormat("json_schema", schema=STRUCTURED_SCHEMA))
+    ids = r.choices[0].token_ids
+    eos = engine.tokenizer.eos_token_ids
+    best = float("inf")
+    for _ in range(3):  # the fastest of three replays: the machine is shared
+        matcher = grammars.matcher(compiled)
+        start = time.perf_counter()
+        for t in ids:
+            matcher.allowed()
+            if t not in eos:
+                matcher.accept(t)
+        best = min(best, time.perf_counter() - start)
+    grammar_ms = 1000 * best / len(ids)
+    step_ms = 1000 / decode_tokens_per_s if decode_tokens_per_s else None
+    return {"tokens": len(ids), "finish_reason": r.choices[0].finish_reason, "grammar_ms_per_token": grammar_ms, "decode_ms_per_token": step_ms,
+            "share_of_step": grammar_ms / step_ms if step_ms else None, "tokens_per_s": len(ids) / wall, "text": r.choices[0].message.content}
 
 
 def reference_hf_dir(source: str | None, work_dir: Path) -> Path:
@@ -350,6 +394,7 @@ def run_bench(
     against: str | Sequence[str] = ("transformers",),
     contexts: Sequence[int] = (),
     streams: int = 1,
+    structured: bool = False,
 ) -> dict[str, Any]:
     """Benchmark `model` (see the module docstring). Returns a JSON-able dict:
     {"model", "device", "prompt", "max_tokens", "machine", "aae": {...}, and for each side in
@@ -364,6 +409,7 @@ def run_bench(
         "model": model, "quantization": quantization, "device": device, "prompt": prompt, "max_tokens": max_tokens,
         "model_lib": str(model_lib) if model_lib is not None else None, "overrides": overrides,
         "contexts": [int(n) for n in contexts], "threads": len(os.sched_getaffinity(0)), "streams": int(streams),
+        "structured": bool(structured),
     }
     aae = _in_child("_aae_worker", args)
     result: dict[str, Any] = {
@@ -440,6 +486,10 @@ def format_bench(result: Mapping[str, Any]) -> str:
         lines.append(f"AAE with {st['streams']} concurrent streams: decode {st['total_decode_tokens_per_s']:.1f} tok/s in all, "
                      f"{st['decode_speedup']:.2f}x one stream's {st['one_stream_decode_tokens_per_s']:.1f}; with the prompts, "
                      f"{st['total_tokens_per_s']:.1f} tok/s of wall time, {st['speedup']:.2f}x one stream's")
+    if aae.get("structured"):
+        so = aae["structured"]
+        lines.append(f"AAE structured output (json_schema, {so['tokens']} tokens, {so['finish_reason']}): the grammar costs "
+                     f"{so['grammar_ms_per_token']:.3f} ms a token, {100 * (so['share_of_step'] or 0):.1f}% of a {so['decode_ms_per_token'] or 0:.2f} ms decode step")
     lines += [
         f"AAE output: {aae['text']!r}",
     ]

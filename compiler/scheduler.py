@@ -319,8 +319,12 @@ class Scheduler:
         new one. Returns how many prompt tokens the sequence already holds."""
         prompt = job.prompt_ids
         best, best_length = -1, 0
+        # An inexact paged prefill (artifact_format.json) may only re-run the prompt's last token.
+        inexact = SPEC["scheduler"]["reuse_needs_exact_paged_prefill"] and not self.runtime.exact_paged_prefill
         for i, (_, tokens) in enumerate(self._cached):
             p = min(_common_prefix_length(tokens, prompt), len(prompt) - 1)
+            if inexact and p != len(prompt) - 1:
+                continue
             if p >= SPEC["scheduler"]["min_prefix_tokens"] and p >= best_length:  # ties: the newest
                 best, best_length = i, p
         if best >= 0:

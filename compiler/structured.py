@@ -50,6 +50,18 @@ class ResponseFormat:
 # Checking the request field
 
 
+def _xgrammar() -> Any:
+    """The xgrammar module. It imports PyTorch, which `chat`, `serve` and bench's worker keep
+    out of their process until something needs it (compiler.keep_torch_out): this is such a
+    thing, so the ~250 MB are paid by the processes that serve structured output only."""
+    from . import import_torch
+
+    import_torch()
+    import xgrammar
+
+    return xgrammar
+
+
 def _spec_error(name: str, param: str, **values: Any) -> Exception:
     from .protocol import spec_error  # protocol imports this module
 
@@ -225,7 +237,7 @@ class GrammarCompiler:
 
     def _xgr_compiler(self) -> Any:
         if self._compiler is None:
-            import xgrammar as xgr
+            xgr = _xgrammar()
 
             tokens, vocab_type, prepend = self._vocab
             info = xgr.TokenizerInfo(tokens, xgr.VocabType[vocab_type.upper()], vocab_size=self._vocab_size,
@@ -267,7 +279,7 @@ class GrammarMatcher:
     """One choice's position in its grammar: the allowed tokens next, and accepting a token."""
 
     def __init__(self, compiled: Any, vocab_size: int) -> None:
-        import xgrammar as xgr
+        xgr = _xgrammar()
 
         self._matcher = xgr.GrammarMatcher(compiled)
         self._bitmask = xgr.allocate_token_bitmask(1, vocab_size)

@@ -149,6 +149,9 @@ class ModelRuntime:
         self.prefill_chunk_size = int(self.config["prefill_chunk_size"])
         self.max_batch_size = int(self.config["max_batch_size"])
         self.sliding_window_size = int(self.config.get("sliding_window_size", -1))
+        # The CPU and CUDA kernels append several tokens to a non-empty sequence exactly; TVM
+        # 0.27's WebGPU ones do not for large heads (artifact_format.json, web/src/model_runtime.ts).
+        self.exact_paged_prefill = True
         self._f_embed = self.vm["embed"]
         self._f_prefill = self.vm["prefill"]
         self._f_decode = self.vm["decode"]

@@ -17,6 +17,8 @@ export const TOKENIZER_FILE: string = FORMAT.files.tokenizer;
 export const TOKENIZER_CONFIG_FILE: string = FORMAT.files.tokenizer_config;
 export const TENSOR_ALIGNMENT: number = FORMAT.tensor_alignment;
 export const KV_PAGE_SIZE: number = FORMAT.kv_page_size;
+/** TVM 0.27's WebGPU paged prefill over cached keys is exact only below this head_dim (artifact_format.json). */
+export const WEBGPU_EXACT_PAGED_PREFILL_BELOW_HEAD_DIM: number = FORMAT.webgpu_exact_paged_prefill_below_head_dim;
 export const DTYPE_BYTES: Readonly<Record<string, number>> = FORMAT.dtype_bytes;
 export const KV_BUILTINS = FORMAT.kv_builtins;
 

@@ -12,7 +12,7 @@
 import tvmjs from "@mlc-ai/web-runtime";
 import type { Instance, PackedFunc, Tensor, TVMObject, VirtualMachine } from "@mlc-ai/web-runtime";
 
-import { KV_BUILTINS, KV_PAGE_SIZE, VM_FUNCTIONS, type ChatConfig, type TensorManifest } from "./artifact.js";
+import { KV_BUILTINS, KV_PAGE_SIZE, VM_FUNCTIONS, WEBGPU_EXACT_PAGED_PREFILL_BELOW_HEAD_DIM, type ChatConfig, type TensorManifest } from "./artifact.js";
 import type { ArtifactLoader } from "./cache.js";
 import { ArtifactFormatError, ContextWindowExceededError, EngineNotLoadedError } from "./errors.js";
 
@@ -60,6 +60,12 @@ export function kvCacheArgs(contextWindowSize: number, prefillChunkSize: number,
 
 export interface ForwardBackend {
   readonly vocabSize: number;
+  /**
+   * Whether a chunk of several tokens appended to a non-empty sequence is computed exactly
+   * (artifact_format.json webgpu_exact_paged_prefill_below_head_dim). When not, the runtime
+   * appends to a non-empty sequence one token at a time and the scheduler reuses less.
+   */
+  readonly exactPagedPrefill: boolean;
   addSequence(seqId: number): void;
   removeSequence(seqId: number): void;
   /** Drop the sequence's last n tokens; false when the runtime cannot (no prefix reuse then). */
@@ -165,7 +171,9 @@ export class ModelRuntime {
     let logits: Float32Array | null = null;
     for (let start = 0; start < tokenIds.length; ) {
       const len = this.sequenceLength(seqId);
-      const chunk = tokenIds.slice(start, start + prefillChunkLength(len, prefillChunkSize, slidingWindowSize));
+      // On a library whose paged prefill is inexact, a non-empty sequence grows one token at a time.
+      const size = len > 0 && !this.backend.exactPagedPrefill ? 1 : prefillChunkLength(len, prefillChunkSize, slidingWindowSize);
+      const chunk = tokenIds.slice(start, start + size);
       start += chunk.length;
       logits = await this.backend.prefill(seqId, chunk, start >= tokenIds.length);
       this.lengths.set(seqId, len + chunk.length);
@@ -214,6 +222,7 @@ function int64(v: number): unknown {
 
 export class TVMBackend implements ForwardBackend {
   readonly vocabSize: number;
+  readonly exactPagedPrefill: boolean;
   private readonly tvm: Instance;
   private readonly params: TVMObject;
   private readonly paramTensors: Tensor[];
@@ -237,6 +246,7 @@ export class TVMBackend implements ForwardBackend {
   private constructor(tvm: Instance, config: ChatConfig, paramTensors: Tensor[], maxBatchSize: number) {
     this.tvm = tvm;
     this.vocabSize = config.model_config.vocab_size;
+    this.exactPagedPrefill = config.model_config.head_dim < WEBGPU_EXACT_PAGED_PREFILL_BELOW_HEAD_DIM;
     this.paramTensors = paramTensors;
     const detach = <T extends { dispose(): void }>(x: T): T => tvm.detachFromCurrentScope(x);
     tvm.beginScope();

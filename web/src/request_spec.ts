@@ -47,7 +47,7 @@ export interface RequestSpec {
   };
   context_window: { param: Record<Endpoint, string> };
   detokenizer: { prefix_tokens: number; skip_special_tokens: boolean; incomplete_char: string };
-  scheduler: { admissions_per_turn: number; prefix_cache_sequences: number; min_prefix_tokens: number };
+  scheduler: { admissions_per_turn: number; prefix_cache_sequences: number; min_prefix_tokens: number; reuse_needs_exact_paged_prefill: boolean };
   structured_output: {
     engine_version: string;
     any_whitespace: boolean;

@@ -285,8 +285,11 @@ export class Scheduler {
     const prompt = job.promptIds;
     let best = -1;
     let bestLength = 0;
+    // An inexact paged prefill (artifact_format.json) may only re-run the prompt's last token.
+    const inexact = SPEC.scheduler.reuse_needs_exact_paged_prefill && !this.runtime.backend.exactPagedPrefill;
     this.cached.forEach((c, i) => {
       const p = Math.min(commonPrefixLength(c.tokens, prompt), prompt.length - 1);
+      if (inexact && p !== prompt.length - 1) return;
       if (p >= SPEC.scheduler.min_prefix_tokens && p >= bestLength) [best, bestLength] = [i, p]; // ties: the newest
     });
     if (best >= 0) {

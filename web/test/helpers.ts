@@ -88,6 +88,7 @@ export const FAKE_KV_PAGES = 1024;
  */
 export class FakeBackend implements ForwardBackend {
   readonly vocabSize = VOCAB_SIZE;
+  exactPagedPrefill = true;
   readonly calls: FakeCall[] = [];
   readonly seqs = new Map<number, { tokens: number[]; pos: number }>();
   private lastSeq = -1;

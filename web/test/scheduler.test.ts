@@ -124,3 +124,22 @@ test("interruptGenerate ends every request in flight with finish_reason abort", 
   assert.deepEqual(finishes, ["abort", "abort"]);
   assert.equal(engine.kvCacheStats().activeSequences, 0);
 });
+
+test("an inexact paged prefill (WebGPU, head_dim >= 32): a non-empty sequence grows one token at a time, and a prefix is reused only to re-run the last prompt token", async () => {
+  const { engine, backend } = fakeEngine("the cat sat.", { max_batch_size: 2 });
+  backend.exactPagedPrefill = false;
+  await engine.chat.completions.create({ messages: USER });
+  backend.calls.length = 0;
+  // A follow-up turn shares a long prefix, but reusing it would append several tokens to a
+  // non-empty sequence: a new sequence is prefilled instead, in plain chunks from empty.
+  const turn2 = [...USER, { role: "assistant" as const, content: "the cat sat." }, { role: "user" as const, content: "a b" }];
+  await engine.chat.completions.create({ messages: turn2 });
+  assert.ok(!backend.calls.some((c) => c.op === "popN"), "no reuse");
+  const prefills = backend.calls.filter((c) => c.op === "prefill");
+  // 8 (chunk on the empty sequence), then one token at a time
+  assert.deepEqual(prefills.map((c) => c.tokens!.length), [8, ...Array(prefills.length - 1).fill(1)]);
+  // The same prompt again: only its last token is re-run, which is exact, so the cache is used.
+  backend.calls.length = 0;
+  await engine.chat.completions.create({ messages: turn2 });
+  assert.deepEqual(backend.calls.filter((c) => c.op === "prefill").map((c) => c.tokens!.length), [1]);
+});
