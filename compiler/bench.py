@@ -94,8 +94,7 @@ def _aae_worker(args: dict[str, Any]) -> dict[str, Any]:
         prepared = prepare_model(args["model"], quantization=args["quantization"], device=args["device"],
                                  model_lib=args["model_lib"])
         n_prompt = len(TextTokenizer(prepared.model_dir, prepared.config).encode(args["prompt"]))
-        # --structured adds a chat request (template, JSON answer): room for it beyond the comparison's.
-        n_ctx = bench_context_size(n_prompt, args) + (384 if args.get("structured") else 0)
+        n_ctx = bench_context_size(n_prompt, args)
         overrides = {"context_window_size": n_ctx, "prefill_chunk_size": min(int(prepared.config["prefill_chunk_size"]), n_ctx)}
     t0 = time.perf_counter()
     engine = SphereAaeEngine(
@@ -183,9 +182,12 @@ def _structured_cost(engine: Any, args: Mapping[str, Any], decode_tokens_per_s: 
     from .structured import ResponseFormat
 
     fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": STRUCTURED_SCHEMA}}
+    messages = [{"role": "user", "content": "Describe a person as JSON."}]
+    # As many tokens as the KV cache sized for the comparison leaves (the answer may be cut: length).
+    room = int(engine.config["context_window_size"]) - len(engine.tokenizer.encode(engine.apply_chat_template(messages))) - 1
     t0 = time.perf_counter()
-    r = engine.chat.completions.create(messages=[{"role": "user", "content": "Describe a person as JSON."}], temperature=0.7, seed=1,
-                                       max_tokens=256, response_format=fmt, return_token_ids=True)
+    r = engine.chat.completions.create(messages=messages, temperature=0.7, seed=1, max_tokens=max(2, min(256, room)),
+                                       response_format=fmt, return_token_ids=True)
     wall = time.perf_counter() - t0
     grammars = engine._core.grammars
     compiled = grammars.compile(ResponseFormat("json_schema", schema=STRUCTURED_SCHEMA))

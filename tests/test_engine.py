@@ -433,7 +433,7 @@ def test_bench_measures_both_engines_on_the_same_tokens():
     from sphere_aae.bench import format_bench, run_bench
 
     r = run_bench(str(STORIES), quantization="q0f32", prompt=PROMPT, max_tokens=40,
-                  against=["transformers", "llama.cpp"], contexts=[100], streams=2)
+                  against=["transformers", "llama.cpp"], contexts=[100], streams=2, structured=True)
     assert r["aae"]["text"] == REFERENCE_CONTINUATION == r["transformers"]["text"]
     for side in ("aae", "transformers"):
         assert r[side]["completion_tokens"] == 40 and r[side]["prompt_tokens"] == 5
@@ -455,6 +455,9 @@ def test_bench_measures_both_engines_on_the_same_tokens():
     assert "time to first token" in report and "agree on the first 24 words" in report
     assert "with 100 tokens of context" in report and "AAE / transformers" in report and "llama.cpp not run" in report
     assert "2 concurrent streams" in report
+    so = r["aae"]["structured"]  # the grammar's cost per token, against the decode step
+    assert so["tokens"] > 1 and 0 < so["grammar_ms_per_token"] and so["share_of_step"] == so["grammar_ms_per_token"] / so["decode_ms_per_token"]
+    assert "the grammar costs" in report
     json.dumps(r)  # the CLI's --json output
 
 
