@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import pytest
 
@@ -150,32 +151,39 @@ def assert_seeded_equal(requests: list[tuple[str, dict[str, Any]]], seeded: list
         assert all(len(ids) > 1 for ids in nat["choices"].values()), label
 
 
+@contextmanager
+def quiet_page(playwright: Any, srv: Any, route: browser.Adapter, tmp_path: Path) -> Iterator[tuple[Any, list[str]]]:
+    """A tab on a quiet page of the served origin (bench.html, driven), and the list its uncaught
+    errors go to; the browser closes after."""
+    ctx = browser.launch(playwright, tmp_path / "profile", route)
+    try:
+        page = ctx.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"{srv.url}/bench.html?driven=1")
+        yield page, errors
+    finally:
+        ctx.close()
+
+
 def test_integration_checks_in_chromium(
     stories_dir: Path, web_models_dir: Path, web_dist: Path, playwright: Any, webgpu_route: browser.Adapter, tmp_path: Path
 ) -> None:
     folder = build(stories_dir, "q0f32", web_models_dir)
     config = json.loads((folder / "aae-chat-config.json").read_text())
     native = native_seeded(stories_dir, SEEDED_REQUESTS)
-    with start_server(SITE, web_models_dir, web_dist_dir=web_dist) as srv:
-        ctx = browser.launch(playwright, tmp_path / "profile", webgpu_route)
-        try:
-            page = ctx.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(f"{srv.url}/bench.html?driven=1")  # any page of the origin; this one is quiet
-            page.add_script_tag(path=str(WEB / "scripts" / "integration-checks.mjs"), type="module")
-            page.wait_for_function("window.aaeIntegrationChecks !== undefined")
-            r = page.evaluate(
-                RUN_JS,
-                {
-                    "modelUrl": f"{srv.url}/models/{folder.name}/",
-                    "adapterOptions": browser.request_adapter_options(webgpu_route),
-                    "config": config,
-                },
-            )
-            seeded = browser_seeded(page, srv, folder, webgpu_route, SEEDED_REQUESTS)
-        finally:
-            ctx.close()
+    with start_server(SITE, web_models_dir, web_dist_dir=web_dist) as srv, quiet_page(playwright, srv, webgpu_route, tmp_path) as (page, errors):
+        page.add_script_tag(path=str(WEB / "scripts" / "integration-checks.mjs"), type="module")
+        page.wait_for_function("window.aaeIntegrationChecks !== undefined")
+        r = page.evaluate(
+            RUN_JS,
+            {
+                "modelUrl": f"{srv.url}/models/{folder.name}/",
+                "adapterOptions": browser.request_adapter_options(webgpu_route),
+                "config": config,
+            },
+        )
+        seeded = browser_seeded(page, srv, folder, webgpu_route, SEEDED_REQUESTS)
     report = "\n".join(r["lines"])
     print(report)
     assert r["failures"] == 0, report
@@ -207,16 +215,8 @@ def test_seeded_requests_match_native_on_smollm2_f32(
     """SEEDED_JS's comparison on a real chat model (ChatML template, 49k vocab, f32 weights)."""
     folder = build(SMOL, "q0f32", web_models_dir)
     native = native_seeded(SMOL, SMOL_SEEDED_REQUESTS, "q0f32")
-    with start_server(SITE, web_models_dir, web_dist_dir=web_dist) as srv:
-        ctx = browser.launch(playwright, tmp_path / "profile", webgpu_route)
-        try:
-            page = ctx.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(f"{srv.url}/bench.html?driven=1")
-            seeded = browser_seeded(page, srv, folder, webgpu_route, SMOL_SEEDED_REQUESTS)
-        finally:
-            ctx.close()
+    with start_server(SITE, web_models_dir, web_dist_dir=web_dist) as srv, quiet_page(playwright, srv, webgpu_route, tmp_path) as (page, errors):
+        seeded = browser_seeded(page, srv, folder, webgpu_route, SMOL_SEEDED_REQUESTS)
     assert errors == []
     assert len(native[0]["prompt"]) > 10  # the chat template was applied
     assert_seeded_equal(SMOL_SEEDED_REQUESTS, seeded, native)
