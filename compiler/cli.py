@@ -178,7 +178,7 @@ def cmd_web_bench(a: argparse.Namespace) -> int:
     from .web.bench import format_web_bench, run_web_bench
 
     r = run_web_bench(a.model, quantization=a.quantization, prompt=a.prompt, max_tokens=a.max_tokens,
-                      output=Path(a.output), adapter=a.adapter)
+                      output=Path(a.output), adapter=a.adapter, structured=a.structured)
     print(json.dumps(r) if a.json else format_web_bench(r))
     return 0
 
@@ -203,6 +203,7 @@ def _web_parsers(sub: argparse._SubParsersAction, prefix: str) -> None:
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("-o", "--output", default="dist")
     p.add_argument("--adapter", choices=["swiftshader", "lavapipe"], default="swiftshader")
+    p.add_argument("--structured", action="store_true", help="also measure the structured-output grammar's cost per token")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_web_bench)
 

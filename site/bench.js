@@ -6,7 +6,7 @@
 //
 // The engine runs on the page's thread, not in a worker: a benchmark page has no UI to keep
 // responsive, and the adapter description is read straight from the engine.
-import { Engine } from "/web/dist/index.js";
+import { Engine, GrammarCompiler } from "/web/dist/index.js";
 
 const MODELS_JSON = new URL("/models/models.json", location.href);
 
@@ -75,6 +75,37 @@ const bench = {
       if (chunk.usage) usage = chunk.usage;
     }
     return { text, promptIds, ids, usage, finishReason, firstTokenS, seconds: (performance.now() - t0) / 1000 };
+  },
+
+  /**
+   * What structured output costs per token: a seeded json_schema request, then its tokens replayed
+   * through a fresh matcher of the same grammar, timing the mask and the accept of each (the work
+   * the scheduler adds to a step), the fastest of three replays. As `sphere_aae bench --structured`.
+   */
+  async grammarCost({ schema, maxTokens }) {
+    await this.engine.resetChat();
+    const response_format = { type: "json_schema", json_schema: { name: "person", schema } };
+    const r = await this.engine.chat.completions.create({
+      messages: [{ role: "user", content: "Describe a person as JSON." }],
+      temperature: 0.7, seed: 1, max_tokens: maxTokens, response_format, return_token_ids: true,
+    });
+    const config = this.engine.chatConfig;
+    const record = (await (await fetch(MODELS_JSON, { cache: "no-store" })).json()).find((m) => m.model_id === this.modelId);
+    const tokenizerJson = await (await fetch(new URL("tokenizer.json", new URL(record.model_url, MODELS_JSON)))).json();
+    const grammars = new GrammarCompiler(tokenizerJson, config.model_config.vocab_size, config.eos_token_ids);
+    const compiled = await grammars.compile({ kind: "json_schema", schema });
+    const ids = r.choices[0].token_ids;
+    let best = Infinity;
+    for (let k = 0; k < 3; k++) {
+      const matcher = await grammars.matcher(compiled);
+      const t0 = performance.now();
+      for (const t of ids) {
+        await matcher.prepare();
+        if (!config.eos_token_ids.includes(t)) matcher.accept(t);
+      }
+      best = Math.min(best, performance.now() - t0);
+    }
+    return { tokens: ids.length, finishReason: r.choices[0].finish_reason, grammarMsPerToken: best / ids.length, text: r.choices[0].message.content };
   },
 };
 window.aaeBench = bench;

@@ -27,7 +27,7 @@ def test_cli_json_on_stories260k(stories_dir: Path, web_models_dir: Path, web_di
     cmd = [
         sys.executable, "-m", "sphere_aae", "web-bench", str(stories_dir), "-q", "q0f32",
         "--prompt", "Once upon a time", "--max-tokens", "40", "--adapter", webgpu_route,
-        "-o", str(web_models_dir), "--json",
+        "-o", str(web_models_dir), "--structured", "--json",
     ]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-4000:]
@@ -62,3 +62,9 @@ def test_cli_json_on_stories260k(stories_dir: Path, web_models_dir: Path, web_di
     for label in ("load, cold", "load, warm", "time to 1st tok", "prefill", "decode", "tokens/s"):
         assert label in text
     assert STORIES_REFERENCE_TEXT in text
+
+    # --structured: the grammar's cost per token, against the decode step.
+    so = r["structured"]
+    assert so["tokens"] > 1 and so["grammar_ms_per_token"] > 0
+    assert so["share_of_step"] == pytest.approx(so["grammar_ms_per_token"] / so["decode_ms_per_token"])
+    assert "the grammar costs" in text

@@ -69,6 +69,7 @@ def run_web_bench(
     temperature: float = 0.0,
     timeout_s: float = 3600.0,
     progress: bool = True,
+    structured: bool = False,
 ) -> dict[str, Any]:
     """Build (if needed), serve and benchmark MODEL in headless Chromium; returns the figures."""
     if adapter not in browser.ADAPTERS:
@@ -121,6 +122,12 @@ def run_web_bench(
                 t0 = time.perf_counter()
                 r = page.evaluate("r => window.aaeBench.generate(r)", request)
                 wall = time.perf_counter() - t0
+                so = None
+                if structured:
+                    from ..bench import STRUCTURED_SCHEMA
+
+                    say("structured output: a json_schema request, its grammar replayed")
+                    so = page.evaluate("r => window.aaeBench.grammarCost(r)", {"schema": STRUCTURED_SCHEMA, "maxTokens": 96})
                 if errors:
                     raise RuntimeError(f"the bench page reported errors: {errors}")
             finally:
@@ -158,6 +165,12 @@ def run_web_bench(
         "weights_bytes": manifest["total_bytes"],
         "num_shards": len(manifest["shards"]),
         "engine_js_bytes": engine_js.stat().st_size,
+        "structured": None if so is None else {
+            "tokens": so["tokens"], "finish_reason": so["finishReason"], "grammar_ms_per_token": so["grammarMsPerToken"],
+            "decode_ms_per_token": 1000 / usage["decode_tokens_per_s"] if usage["decode_tokens_per_s"] else None,
+            "share_of_step": so["grammarMsPerToken"] * usage["decode_tokens_per_s"] / 1000 if usage["decode_tokens_per_s"] else None,
+            "text": so["text"],
+        },
     }
 
 
@@ -177,6 +190,13 @@ def format_web_bench(r: dict[str, Any]) -> str:
         f"time to 1st tok  {secs(r['ttft_s'])}  ({r['prompt_tokens']} prompt tokens)",
         f"prefill          {r['prefill_tok_s']:.2f} tokens/s",
         f"decode           {r['decode_tok_s']:.2f} tokens/s  ({r['completion_tokens']} tokens)",
+    ]
+    if r.get("structured"):
+        so = r["structured"]
+        lines.append(f"structured       the grammar costs {so['grammar_ms_per_token']:.3f} ms a token, "
+                     f"{100 * (so['share_of_step'] or 0):.1f}% of a {so['decode_ms_per_token'] or 0:.1f} ms decode step "
+                     f"(json_schema, {so['tokens']} tokens, {so['finish_reason']})")
+    lines += [
         "",
         f"{r['prompt']}{r['text']}",
     ]

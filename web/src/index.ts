@@ -25,6 +25,7 @@ export {
 export { ModelRuntime, TVMBackend, prefillChunkLength, kvCacheArgs, type ForwardBackend } from "./model_runtime.js";
 export { Scheduler, checkPrompts } from "./scheduler.js";
 export { StopStringMatcher, TextStream } from "./text_stream.js";
+export { GrammarCompiler, GrammarMatcher, checkResponseFormat, type ResponseFormat } from "./structured.js";
 export { describeAdapter } from "./webgpu.js";
 export {
   CreateWebWorkerEngine,
