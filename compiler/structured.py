@@ -57,8 +57,13 @@ def _xgrammar() -> Any:
     from . import import_torch
 
     import_torch()
-    import xgrammar
-
+    try:
+        import xgrammar
+    except ImportError as exc:
+        version = RULES["engine_version"]
+        raise RuntimeError(
+            f"structured output (response_format) needs XGrammar {version}: pip install --no-deps xgrammar=={version} "
+            f"pydantic (make setup installs it; its wheel's other requirements are GPU-only)") from exc
     return xgrammar
 
 
