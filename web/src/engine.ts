@@ -57,7 +57,7 @@ import { Failure, Request, Scheduler, now, type SchedulerEvent } from "./schedul
 import { GrammarCompiler, isConstrained, type ResponseFormat } from "./structured.js";
 import { ChatTemplate } from "./template.js";
 import { TextTokenizer } from "./tokenizer.js";
-import { requestDevice } from "./webgpu.js";
+import { checkDeviceFit, requestDevice } from "./webgpu.js";
 
 // ---------------------------------------------------------------------------------------------
 // Public configuration types
@@ -304,6 +304,8 @@ export class Engine implements EngineInterface {
       const device = await this.openDevice(config);
       ownedDevice = device;
       const manifest = parseManifest(await loader.fetchJson(fileUrl(baseUrl, config.manifest)), fileUrl(baseUrl, config.manifest));
+      // Device fit: refused here, before the library or any weight is downloaded.
+      checkDeviceFit((device as unknown as { limits?: Partial<Record<string, number>> }).limits, config, manifest, this.maxBatchSize(config));
       const { tokenizer, template, tokenizerJson } = await fetchTokenizer(loader, baseUrl, config);
 
       const wasmUrl = record.model_lib_url ? new URL(record.model_lib_url, baseUrl).href : fileUrl(baseUrl, modelLibFile(config, "webgpu"));

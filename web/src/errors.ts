@@ -81,6 +81,27 @@ export class EngineNotLoadedError extends AAEError {
   override name = "EngineNotLoadedError";
 }
 
+/**
+ * The model does not fit this device, found before any weight is fetched: `limit` names the
+ * adapter limit, `needBytes` what the model asks of it, `limitBytes` what the adapter allows,
+ * `suggestion` a variant that would fit.
+ */
+export class ModelTooLargeError extends AAEError {
+  override name = "ModelTooLargeError";
+  get limit(): string {
+    return String(this.details["limit"] ?? "");
+  }
+  get needBytes(): number {
+    return Number(this.details["needBytes"] ?? 0);
+  }
+  get limitBytes(): number {
+    return Number(this.details["limitBytes"] ?? 0);
+  }
+  get suggestion(): string {
+    return String(this.details["suggestion"] ?? "");
+  }
+}
+
 const ERROR_CLASSES: Record<string, new (message: string, details?: Record<string, unknown>) => AAEError> = {
   AAEError,
   WebGPUNotAvailableError,
@@ -93,6 +114,7 @@ const ERROR_CLASSES: Record<string, new (message: string, details?: Record<strin
   InvalidRequestError,
   ArtifactFormatError,
   EngineNotLoadedError,
+  ModelTooLargeError,
 };
 
 /** Plain-object form of an error, safe for postMessage (structured clone drops Error subclasses). */

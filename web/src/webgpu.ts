@@ -2,7 +2,9 @@
  * The WebGPU device a model runs on: the adapter, the features a model needs, the limits asked
  * for. (The native engine's twin is TVM's device choice in runtime/model_runtime.py.)
  */
-import { FeatureNotSupportedError, WebGPUNotAvailableError } from "./errors.js";
+import type { ChatConfig, TensorManifest } from "./artifact.js";
+import { KV_PAGE_SIZE } from "./artifact.js";
+import { FeatureNotSupportedError, ModelTooLargeError, WebGPUNotAvailableError } from "./errors.js";
 
 export interface GPUSetup {
   device: GPUDevice;
@@ -72,3 +74,47 @@ export async function requestDevice(gpu: GPU | undefined, requiredFeatures: read
   const device = await adapter.requestDevice({ requiredFeatures: [...features], requiredLimits });
   return { device, adapterDescription };
 }
+
+// ---------------------------------------------------------------------------------------------
+// Device fit, before any weight is fetched
+
+/** What a model asks of one storage binding: its largest tensor, and one layer's KV-cache pages. */
+export function bindingNeeds(config: ChatConfig, manifest: TensorManifest, maxBatchSize: number): { tensor: { name: string; bytes: number }; kvLayerBytes: number; kvBytesPerToken: number } {
+  let tensor = { name: "", bytes: 0 };
+  for (const t of manifest.tensors) if (t.bytes > tensor.bytes) tensor = { name: t.name, bytes: t.bytes };
+  const m = config.model_config;
+  // The cache holds activations' dtype: f16 for the ...f16 schemes, f32 otherwise.
+  const dtypeBytes = /f16/.test(config.quantization) ? 2 : 4;
+  const kvBytesPerToken = 2 * m.num_key_value_heads * m.head_dim * dtypeBytes; // keys and values of one layer
+  const pages = Math.ceil((config.context_window_size * maxBatchSize) / KV_PAGE_SIZE);
+  return { tensor, kvLayerBytes: pages * KV_PAGE_SIZE * kvBytesPerToken, kvBytesPerToken };
+}
+
+/**
+ * Refuse, with a ModelTooLargeError, a model that cannot run on a device with these limits:
+ * a weight tensor or one layer's KV cache larger than a storage binding or a buffer may be.
+ * A device without reported limits (a test double) is not checked.
+ */
+export function checkDeviceFit(limits: Partial<Record<string, number>> | undefined, config: ChatConfig, manifest: TensorManifest, maxBatchSize: number): void {
+  const binding = Math.min(limits?.["maxStorageBufferBindingSize"] ?? Infinity, limits?.["maxBufferSize"] ?? Infinity);
+  if (!Number.isFinite(binding)) return;
+  const limit = (limits?.["maxStorageBufferBindingSize"] ?? Infinity) <= (limits?.["maxBufferSize"] ?? Infinity) ? "maxStorageBufferBindingSize" : "maxBufferSize";
+  const mb = (b: number) => `${(b / 1048576).toFixed(1)} MiB`;
+  const need = bindingNeeds(config, manifest, maxBatchSize);
+  if (need.tensor.bytes > binding) {
+    throw new ModelTooLargeError(
+      `${config.model_id}: tensor ${need.tensor.name} needs ${mb(need.tensor.bytes)} in one storage binding, but this GPU's ${limit} is ${mb(binding)}. ` +
+        `Use a build with fewer bits per weight (e.g. a q4 quantization instead of ${config.quantization}), or a smaller model.`,
+      { limit, needBytes: need.tensor.bytes, limitBytes: binding, tensor: need.tensor.name, suggestion: "fewer bits per weight" },
+    );
+  }
+  if (need.kvLayerBytes > binding) {
+    const fit = Math.floor(binding / need.kvBytesPerToken / maxBatchSize / KV_PAGE_SIZE) * KV_PAGE_SIZE;
+    throw new ModelTooLargeError(
+      `${config.model_id}: its KV cache (${config.context_window_size} tokens x ${maxBatchSize} sequences) needs ${mb(need.kvLayerBytes)} per layer in one storage binding, ` +
+        `but this GPU's ${limit} is ${mb(binding)}. Use a context window of at most ${fit} tokens (context_window_size), or fewer sequences (maxBatchSize).`,
+      { limit, needBytes: need.kvLayerBytes, limitBytes: binding, suggestion: `context_window_size <= ${fit}`, fitContextWindow: fit },
+    );
+  }
+}
+

@@ -7,6 +7,7 @@ import {
   ContextWindowExceededError,
   EngineNotLoadedError,
   FeatureNotSupportedError,
+  ModelTooLargeError,
   InvalidRequestError,
   ModelNotFoundError,
   WebGPUNotAvailableError,
@@ -395,4 +396,44 @@ test("completions logprobs: tokens, logprobs, alternatives and code-point offset
   assert.deepEqual(lp.text_offset, [0, 3, 4]);
   assert.ok(lp.token_logprobs.every((x) => x <= 0) && lp.top_logprobs.every((d) => Object.keys(d).length === 2));
   assert.equal(Object.keys(lp.top_logprobs[0]!)[0], "the");
+});
+
+// -- device fit before download -------------------------------------------------------------------
+
+function limitedGpu(limits: Record<string, number>): GPU {
+  const adapter = { features: new Set<string>(), limits, info: { vendor: "fake" }, requestDevice: async () => ({ limits, lost: new Promise(() => {}), destroy: () => {} }) };
+  return { requestAdapter: async () => adapter } as unknown as GPU;
+}
+
+test("device fit: a tensor over the adapter's binding limit is refused before any shard or library is fetched", async () => {
+  // The fake model's largest tensor is 256 bytes; this adapter binds at most 200.
+  const { engine, fetch } = reloadEngine(limitedGpu({ maxStorageBufferBindingSize: 200, maxBufferSize: 1 << 30 }));
+  await assert.rejects(engine.reload("fake-model"), (e: unknown) => {
+    assert.ok(e instanceof ModelTooLargeError, String(e));
+    assert.equal(e.limit, "maxStorageBufferBindingSize");
+    assert.equal(e.needBytes, 256);
+    assert.equal(e.limitBytes, 200);
+    assert.match((e as Error).message, /tensor w0 needs .* fewer bits per weight/);
+    return true;
+  });
+  assert.deepEqual(fetch.calls, [BASE + "aae-chat-config.json", BASE + "tensor-manifest.json"]);
+});
+
+test("device fit: a KV cache over the binding limit is refused with the context window that would fit", async () => {
+  // ctx 64 x 1 sequence x (2 x 1 head x 8 dims x 4 bytes) = 4 KiB per layer; allow 1 KiB.
+  const { engine, fetch } = reloadEngine(limitedGpu({ maxStorageBufferBindingSize: 1024, maxBufferSize: 1 << 30 }));
+  await assert.rejects(engine.reload("fake-model"), (e: unknown) => {
+    assert.ok(e instanceof ModelTooLargeError, String(e));
+    assert.equal(e.needBytes, 64 * 64);
+    assert.equal(e.suggestion, "context_window_size <= 16");
+    return true;
+  });
+  assert.equal(fetch.calls.length, 2);
+});
+
+test("device fit: a model within the limits goes on to download", async () => {
+  const { engine, fetch } = reloadEngine(limitedGpu({ maxStorageBufferBindingSize: 1 << 20, maxBufferSize: 1 << 20 }));
+  // The fake library is not a real wasm, so the load fails later, but only after the fit check.
+  await assert.rejects(engine.reload("fake-model"), (e: unknown) => !(e instanceof ModelTooLargeError));
+  assert.ok(fetch.calls.includes(BASE + "fake-model-webgpu.wasm"), JSON.stringify(fetch.calls));
 });
