@@ -97,6 +97,9 @@ class Terminal:
         env = {**os.environ, "TERM": "xterm", "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
         self.pid, self.fd = pty.fork()
         if self.pid == 0:  # child
+            # A test run started in the background (`cmd &`) inherits SIGINT ignored, and Python
+            # then never installs its Ctrl-C handler: give the chat the default a terminal gives.
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
             os.execvpe(argv[0], argv, env)
         self.seen = ""  # everything read, escape codes removed
         self.pos = 0  # expect() searches from here
