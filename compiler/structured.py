@@ -232,8 +232,7 @@ class GrammarCompiler:
     (a schema used by many requests is compiled once)."""
 
     def __init__(self, model_dir: Path, vocab_size: int, stop_token_ids: Sequence[int]) -> None:
-        tokenizer_json = json.loads((Path(model_dir) / "tokenizer.json").read_text(encoding="utf-8"))
-        self._vocab = vocabulary(tokenizer_json, vocab_size)
+        self._tokenizer_json = Path(model_dir) / "tokenizer.json"
         self._vocab_size = vocab_size
         self._stop = list(stop_token_ids)
         self._compiler: Any = None
@@ -244,7 +243,9 @@ class GrammarCompiler:
         if self._compiler is None:
             xgr = _xgrammar()
 
-            tokens, vocab_type, prepend = self._vocab
+            # Read on the first structured request, not at engine load (SmolLM2's is 2 MB).
+            tokenizer_json = json.loads(self._tokenizer_json.read_text(encoding="utf-8"))
+            tokens, vocab_type, prepend = vocabulary(tokenizer_json, self._vocab_size)
             info = xgr.TokenizerInfo(tokens, xgr.VocabType[vocab_type.upper()], vocab_size=self._vocab_size,
                                      stop_token_ids=self._stop, add_prefix_space=prepend)
             self._compiler = xgr.GrammarCompiler(info, cache_enabled=False)

@@ -463,7 +463,10 @@ export class Engine implements EngineInterface {
     const cleanup = () => {
       signal?.removeEventListener("abort", onAbort);
       if (!assembler.done) active.scheduler.cancel(request);
-      else this.lastStats = { prefillTokensPerS: assembler.usage().prefill_tokens_per_s, decodeTokensPerS: assembler.usage().decode_tokens_per_s };
+      else {
+        const usage = assembler.usage();
+        this.lastStats = { prefillTokensPerS: usage.prefill_tokens_per_s, decodeTokensPerS: usage.decode_tokens_per_s };
+      }
     };
     if (prepared.stream) return this.stream(assembler, events, cleanup);
     try {

@@ -253,7 +253,7 @@ function badType(field: string, value: unknown, expected: string): InvalidReques
   return specError("bad_type", field, { expected: SPEC.expected[expected] ?? expected, got: typeName(value) });
 }
 
-function isRecord(v: unknown): v is Record<string, unknown> {
+export function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === "object" && v !== null && !Array.isArray(v);
 }
 

@@ -8,7 +8,7 @@
  * (its wasm inlined), so it is loaded on the first structured request only: the package build
  * ships it beside dist/index.js as dist/xgrammar.js.
  */
-import { specError } from "./protocol.js";
+import { isRecord as isObject, specError } from "./protocol.js";
 import { SPEC, show, typeName } from "./request_spec.js";
 
 export const RULES = SPEC.structured_output;
@@ -44,8 +44,6 @@ function sortedJson(v: unknown): string {
 
 // ---------------------------------------------------------------------------------------------
 // Checking the request field
-
-const isObject = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === "object" && !Array.isArray(v);
 
 /** The response_format field, checked: its type, its fields, and a schema's keywords. */
 export function checkResponseFormat(value: unknown): ResponseFormat {
