@@ -21,6 +21,7 @@ from .protocol import (
     TopLogprob,
 )
 from .scheduler import Failure, Output, Request, Scheduler, TokenInfo
+from .tools import RULES as TOOL_RULES, CallFormat, ToolCallParser, ToolPlan
 
 
 class Assembler:
@@ -29,6 +30,7 @@ class Assembler:
     def __init__(
         self, core: Scheduler, request: Request, kind: str, *, num_choices: int, prompt_tokens: int, include_usage: bool,
         echo_texts: Sequence[str] = (), n: int = 1, prompt_ids: Sequence[list[int]] | None = None,
+        tool_calls: tuple[ToolPlan, CallFormat] | None = None,
     ) -> None:
         self.core = core
         self.request = request
@@ -43,6 +45,10 @@ class Assembler:
         self._prompt_ids = prompt_ids
         self._prompt_ids_pending = prompt_ids is not None
         self.token_ids: list[list[int]] = [[] for _ in range(num_choices)]
+        self._unsent_ids: list[list[int]] = [[] for _ in range(num_choices)]  # streams: ids no chunk carried yet
+        # Function calling: each choice's text split into content and calls as it streams.
+        self._tool_calls = tool_calls
+        self._parsers = [self._parser(i) for i in range(num_choices)] if tool_calls is not None else None  # streams'
         self.finished = 0
         self._echo = list(echo_texts)
         self._n = n
@@ -50,6 +56,16 @@ class Assembler:
         self._prefill = [0, 0.0]  # tokens, seconds
         self._decode = [0, 0.0]
         self._want_logprobs = any(j.sampler.params.logprobs for j in request.jobs)
+
+    def _parser(self, index: int) -> ToolCallParser:
+        assert self._tool_calls is not None
+        plan, fmt = self._tool_calls
+        prefix = self.request.id.split("-", 1)[-1]
+        return ToolCallParser(fmt, [f.name for f in plan.functions], f"call_{prefix}_{index}")
+
+    def _finish_reason(self, reason: str | None, parser: ToolCallParser | None) -> str | None:
+        """A choice that made calls and stopped (EOS or a stop string) finished to call them."""
+        return TOOL_RULES["finish_reason"] if parser is not None and parser.calls and reason == "stop" else reason
 
     @property
     def done(self) -> bool:
@@ -131,12 +147,26 @@ class Assembler:
         chunks: list[Any] = []
         if self.kind == "chat":
             logprobs = self._chat_logprobs(out.tokens) if out.tokens else None
-            ids = out.token_ids
-            if out.text or logprobs is not None:
-                chunks.append(self._chat_chunk(out.index, ChoiceDelta(content=out.text), None, logprobs, self._ids(ids)))
-                ids = []  # the finish chunk carries only ids no content chunk carried
+            text, calls = out.text, []
+            parser = self._parsers[out.index] if self._parsers is not None else None
+            if parser is not None:
+                text, calls = parser.push(out.text)
+                if out.finish_reason is not None:
+                    rest, more = parser.finish()
+                    text, calls = text + rest, calls + more
+            # Ids go on the next chunk sent: a content, tool-call or finish chunk.
+            ids = self._unsent_ids[out.index] + out.token_ids
+            if text or logprobs is not None:
+                chunks.append(self._chat_chunk(out.index, ChoiceDelta(content=text), None, logprobs, self._ids(ids)))
+                ids = []
+            for call in calls:
+                chunks.append(self._chat_chunk(out.index, ChoiceDelta(tool_calls=[call.to_dict(with_index=True)]), None, None, self._ids(ids)))
+                ids = []
             if out.finish_reason is not None:
-                chunks.append(self._chat_chunk(out.index, ChoiceDelta(), out.finish_reason, None, self._ids(ids)))
+                reason = self._finish_reason(out.finish_reason, parser)
+                chunks.append(self._chat_chunk(out.index, ChoiceDelta(), reason, None, self._ids(ids)))
+                ids = []
+            self._unsent_ids[out.index] = ids
         else:
             offset = len(self.texts[out.index]) - len(out.text)
             logprobs = self._completion_logprobs(out.tokens, offset) if self._want_logprobs else None
@@ -168,13 +198,23 @@ class Assembler:
 
     # ---- final object
 
+    def _message(self, index: int) -> tuple[ChatCompletionMessage, str | None]:
+        """A choice's message and finish reason."""
+        if self._parsers is None:
+            return ChatCompletionMessage(role="assistant", content=self.texts[index]), self.finish[index]
+        parser = self._parser(index)  # the whole text at once: what the stream's deltas add up to
+        content, _ = parser.push(self.texts[index])
+        content += parser.finish()[0]
+        tool_calls = [c.to_dict(with_index=False) for c in parser.calls] or None
+        message = ChatCompletionMessage(role="assistant", content=content or (None if tool_calls else ""), tool_calls=tool_calls)
+        return message, self._finish_reason(self.finish[index], parser)
+
     def result(self) -> ChatCompletion | Completion:
         if self.kind == "chat":
             choices = [
                 ChatCompletionChoice(
                     i,
-                    ChatCompletionMessage(role="assistant", content=self.texts[i]),
-                    self.finish[i],
+                    *self._message(i),
                     self._chat_logprobs(self.tokens[i]) if self._want_logprobs else None,
                     self._ids(self.token_ids[i]),
                 )

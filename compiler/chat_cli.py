@@ -238,10 +238,12 @@ def run_chat(
     model_lib: str | Path | None = None,
     overrides: str | Mapping[str, Any] | None = None,
     system_prompt: str | None = None,
+    chat_template: str | None = None,
 ) -> None:
     """Interactive chat on the terminal until /exit or Ctrl-D."""
     print(f"Loading {model} ...", flush=True)
-    engine = SphereAaeEngine(model, device=device, quantization=quantization, model_lib=model_lib, overrides=overrides)
+    engine = SphereAaeEngine(model, device=device, quantization=quantization, model_lib=model_lib, overrides=overrides,
+                             chat_template=chat_template)
     try:
         session = ChatSession(engine, system_prompt=system_prompt)
         print(f"Chatting with {engine.model_id}. Type /help for commands, /exit to leave.", flush=True)

@@ -25,6 +25,13 @@ def _add_model_args(p: argparse.ArgumentParser, *, model_default: str | None = N
     p.add_argument("--quantization", "-q", default=None, help="q0f32, q0f16, q4f32_1, q4f16_1, ... (when MODEL needs converting)")
 
 
+def _chat_template(value: str | None) -> str | None:
+    """--chat-template: a file's text, or a template name (the engine resolves names)."""
+    if value is not None and Path(value).is_file():
+        return Path(value).read_text(encoding="utf-8")
+    return value
+
+
 def _parse_overrides(text: str | None) -> dict:
     from .engine import parse_overrides
 
@@ -126,14 +133,14 @@ def cmd_chat(a: argparse.Namespace) -> int:
     from .chat_cli import run_chat
 
     return run_chat(a.model, device=a.device, quantization=a.quantization, model_lib=a.model_lib,
-                    overrides=_parse_overrides(a.overrides)) or 0
+                    overrides=_parse_overrides(a.overrides), chat_template=_chat_template(a.chat_template)) or 0
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
     from .serve import serve
 
     serve(a.model, host=a.host, port=a.port, device=a.device, quantization=a.quantization,
-          model_lib=a.model_lib, overrides=_parse_overrides(a.overrides))
+          model_lib=a.model_lib, overrides=_parse_overrides(a.overrides), chat_template=_chat_template(a.chat_template))
     return 0
 
 
@@ -265,6 +272,10 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
         p.add_argument("--model-lib", default=None, help="use this prebuilt library instead of compiling")
         p.add_argument("--overrides", default=None, help='e.g. "context_window_size=2048;prefill_chunk_size=512"')
+        if name in ("chat", "serve"):
+            p.add_argument("--chat-template", default=None, metavar="NAME|FILE",
+                           help="replace the model's chat template: a named one (e.g. hermes, llama-3.1, which render "
+                                "tools for function calling; see gen_config --list-conv-templates) or a Jinja file")
         if name == "serve":
             p.add_argument("--host", default="127.0.0.1")
             p.add_argument("--port", type=int, default=8000)

@@ -35,7 +35,9 @@ from .protocol import (
     RequestError,
     parse_chat_request,
     parse_completion_request,
+    spec_error,
 )
+from .tools import CallFormat, ToolPlan
 from .sampling import SamplingParams
 from .scheduler import Request, Scheduler
 
@@ -128,6 +130,16 @@ class _Prepared:
     echo_texts: list[str] = field(default_factory=list)
     return_token_ids: bool = False
     response_format: ResponseFormat | None = None
+    tool_calls: tuple[ToolPlan, CallFormat] | None = None  # the calls to parse out of each choice
+
+
+def resolve_chat_template(value: str | None) -> str | None:
+    """A chat template override: a named template (conv_templates.json) or a template's text."""
+    from . import conv_templates
+
+    if value is None or "{{" in value or "{%" in value:
+        return value
+    return conv_templates.get(value).template
 
 
 def _body(args: dict[str, Any]) -> dict[str, Any]:
@@ -141,10 +153,12 @@ def _body(args: dict[str, Any]) -> dict[str, Any]:
 class _Base:
     """What the sync and async engines share: loading, validation, tokenization."""
 
-    def __init__(self, model: str, *, device: str, quantization: str | None, model_lib: str | Path | None, overrides: str | Mapping[str, Any] | None) -> None:
+    def __init__(self, model: str, *, device: str, quantization: str | None, model_lib: str | Path | None, overrides: str | Mapping[str, Any] | None,
+                 chat_template: str | None = None) -> None:
         checked = parse_overrides(overrides)
         check_tensor_parallel(checked, device)
-        self._core = Scheduler(model, device=device, quantization=quantization, model_lib=model_lib, overrides=checked)
+        self._core = Scheduler(model, device=device, quantization=quantization, model_lib=model_lib, overrides=checked,
+                               chat_template=resolve_chat_template(chat_template))
 
     @property
     def model_id(self) -> str:
@@ -191,10 +205,18 @@ class _Base:
     def _prepare(self, kind: str, body: Mapping[str, Any]) -> _Prepared:
         if kind == "chat":
             chat: ChatCompletionRequest = parse_chat_request(body)
-            text = self._core.template.render([m.to_template_dict() for m in chat.messages])
+            template = self._core.template
+            response_format, calls = chat.response_format, None
+            if chat.tools is not None and chat.tools.active:
+                if template.call_format is None:
+                    raise spec_error("tools_template", "tools", why=template.no_tools_reason)
+                calls = (chat.tools, template.call_format)
+                response_format = ResponseFormat("tool_calls", tools=chat.tools, call_format=template.call_format)
+            tools = chat.tools.for_template() if chat.tools is not None else None
+            text = template.render([m.to_template_dict() for m in chat.messages], tools=tools)
             ids = self._core.tokenizer.encode(text)
             return _Prepared("chat", [ids], chat.sampling, chat.n, chat.stream, chat.include_usage,
-                             return_token_ids=chat.return_token_ids, response_format=chat.response_format)
+                             return_token_ids=chat.return_token_ids, response_format=response_format, tool_calls=calls)
         comp: CompletionRequest = parse_completion_request(body)
         prompts = [self._core.tokenizer.encode(p) if isinstance(p, str) else list(p) for p in comp.prompts]
         echo = [p if isinstance(p, str) else self._core.tokenizer.decode(p) for p in comp.prompts] if comp.echo else []
@@ -211,6 +233,7 @@ class _Base:
             echo_texts=prepared.echo_texts,
             n=prepared.n,
             prompt_ids=prepared.prompts if prepared.return_token_ids else None,
+            tool_calls=prepared.tool_calls,
         )
         self._core.submit(request)
         return request, assembler
@@ -331,8 +354,10 @@ class SphereAaeEngine(_Base):
         quantization: str | None = None,
         model_lib: str | Path | None = None,
         overrides: str | Mapping[str, Any] | None = None,
+        chat_template: str | None = None,
     ) -> None:
-        super().__init__(model, device=device, quantization=quantization, model_lib=model_lib, overrides=overrides)
+        super().__init__(model, device=device, quantization=quantization, model_lib=model_lib, overrides=overrides,
+                         chat_template=chat_template)
         self.chat = _Namespace(completions=_ChatCompletions(self, "chat"))
         self.completions = _Completions(self, "completion")
 
@@ -407,8 +432,10 @@ class AsyncSphereAaeEngine(_Base):
         quantization: str | None = None,
         model_lib: str | Path | None = None,
         overrides: str | Mapping[str, Any] | None = None,
+        chat_template: str | None = None,
     ) -> None:
-        super().__init__(model, device=device, quantization=quantization, model_lib=model_lib, overrides=overrides)
+        super().__init__(model, device=device, quantization=quantization, model_lib=model_lib, overrides=overrides,
+                         chat_template=chat_template)
         self.chat = _Namespace(completions=_ChatCompletions(self, "chat"))
         self.completions = _Completions(self, "completion")
 

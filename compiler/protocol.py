@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 from .request_spec import FIELDS, SPEC, endpoint_fields, error_text, field_default, field_type, range_rule, show, type_name
 from .sampling import SamplingParams
 from .structured import ResponseFormat, check_response_format
+from .tools import ToolPlan, check_message_tool_calls, check_tool_choice, check_tools, tool_plan
 
 # --------------------------------------------------------------------------------------------
 # Errors
@@ -170,11 +171,14 @@ class ChatMessage:
     role: str
     content: str
     name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # assistant: the calls it made (arguments parsed)
+    tool_call_id: str | None = None  # tool: the call this answers
 
     def to_template_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"role": self.role, "content": self.content}
-        if self.name is not None:
-            d["name"] = self.name
+        for key in ("name", "tool_calls", "tool_call_id"):
+            if getattr(self, key) is not None:
+                d[key] = getattr(self, key)
         return d
 
 
@@ -210,13 +214,21 @@ def _message(name: str, msg: Any) -> ChatMessage:
     role = msg["role"]
     if role not in SPEC["roles"]:
         raise spec_error("role", f"{name}.role", value=show(role), roles=", ".join(map(show, SPEC["roles"])))
-    if not _is_empty(msg.get("tool_calls")):
-        raise spec_error("tool_calls", f"{name}.tool_calls")
+    tool_calls = None
+    if msg.get("tool_calls") is not None:
+        if role != "assistant":
+            raise spec_error("tool_calls_role", f"{name}.tool_calls")
+        tool_calls = check_message_tool_calls(msg["tool_calls"], f"{name}.tool_calls") or None
+    tool_call_id = msg.get("tool_call_id")
+    if role == "tool" and tool_call_id is None:
+        raise spec_error("missing", f"{name}.tool_call_id")
+    if tool_call_id is not None:
+        _string(f"{name}.tool_call_id", tool_call_id)
     content = _message_content(f"{name}.content", msg.get("content"), role)
     msg_name = msg.get("name")
     if msg_name is not None:
         _string(f"{name}.name", msg_name)
-    return ChatMessage(role=role, content=content, name=msg_name)
+    return ChatMessage(role=role, content=content, name=msg_name, tool_calls=tool_calls, tool_call_id=tool_call_id)
 
 
 def _messages(value: Any) -> list[ChatMessage]:
@@ -260,6 +272,7 @@ class ChatCompletionRequest:
     model: str | None = None
     return_token_ids: bool = False
     response_format: ResponseFormat | None = None  # None or text: unconstrained
+    tools: ToolPlan | None = None  # None: no tools given
 
 
 @dataclass
@@ -297,6 +310,8 @@ _KINDS: dict[str, Callable[[str, Any, Mapping[str, Any]], Any]] = {
     "stop": lambda name, v, f: _stop(v),
     "logit_bias": lambda name, v, f: _logit_bias(v),
     "response_format": lambda name, v, f: check_response_format(v),
+    "tools": lambda name, v, f: check_tools(v),
+    "tool_choice": lambda name, v, f: check_tool_choice(v),
     "number": lambda name, v, f: _number(name, v, f.get("min"), f.get("max"), lo_open=f.get("min_exclusive", False)),
     "integer": lambda name, v, f: _integer(name, v, f.get("min"), f.get("max")),
     "boolean": lambda name, v, f: _boolean(name, v),
@@ -307,8 +322,8 @@ _KINDS: dict[str, Callable[[str, Any, Mapping[str, Any]], Any]] = {
 
 def _check_field(kind: str, name: str, value: Any, spec: Mapping[str, Any]) -> Any:
     t = field_type(spec, kind)
-    if t == "refused_unless_empty" or t == "tool_choice":
-        if not (_is_empty(value) if t == "refused_unless_empty" else value in spec["values"]):
+    if t == "refused_unless_empty":
+        if not _is_empty(value):
             raise spec_error("refused", name, what=SPEC["refused"][name])
         return None
     return _KINDS[t](name, value, spec)
@@ -327,6 +342,13 @@ def _rule(rule: str, kind: str, values: Mapping[str, Any]) -> None:
         raise spec_error("echo_with_logprobs", "logprobs")
     if rule == "response_format_without_ignore_eos" and values.get("ignore_eos") and given("response_format") and values["response_format"].constrained:
         raise spec_error("response_format_ignore_eos", "ignore_eos")
+    if rule == "tool_choice_needs_tools" and values.get("tool_choice", "none") != "none" and not values.get("tools"):
+        choice = values["tool_choice"]
+        raise spec_error("tool_choice_without_tools", "tool_choice",
+                         value=show(choice if choice in SPEC["tool_calling"]["choices"] else {"type": "function", "function": {"name": choice}}))
+    if (rule == "tools_without_response_format" and values.get("tools") and values.get("tool_choice") != "none"
+            and given("response_format") and values["response_format"].constrained):
+        raise spec_error("tools_with_response_format", "response_format")
     if rule == "best_of_is_n" and given("best_of") and values["best_of"] != values.get("n", FIELDS["n"]["default"]):
         raise spec_error("best_of", "best_of")
 
@@ -370,7 +392,7 @@ def parse_chat_request(body: Any) -> ChatCompletionRequest:
     return ChatCompletionRequest(
         messages=v["messages"], sampling=_sampling("chat", v), n=v.get("n", 1), stream=v.get("stream", False),
         include_usage=v.get("stream_options", False), model=v.get("model"), return_token_ids=v.get("return_token_ids", False),
-        response_format=v.get("response_format"),
+        response_format=v.get("response_format"), tools=tool_plan(v),
     )
 
 
@@ -459,6 +481,8 @@ class ChatCompletionMessage(_Model):
     role: str
     content: str | None
     refusal: None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    _omit_none = ("tool_calls",)
 
 
 @dataclass
@@ -488,7 +512,8 @@ class ChatCompletion(_Model):
 class ChoiceDelta(_Model):
     role: str | None = None
     content: str | None = None
-    _omit_none = ("role", "content")
+    tool_calls: list[dict[str, Any]] | None = None
+    _omit_none = ("role", "content", "tool_calls")
 
 
 @dataclass

@@ -127,9 +127,11 @@ class Request:
 class Scheduler:
     """Owns the runtime thread. Shared by the sync and async front ends."""
 
-    def __init__(self, model: str, *, device: str, quantization: str | None, model_lib: str | Path | None, overrides: Mapping[str, int]) -> None:
+    def __init__(self, model: str, *, device: str, quantization: str | None, model_lib: str | Path | None, overrides: Mapping[str, int],
+                 chat_template: str | None = None) -> None:
         # `overrides` comes checked (engine.parse_overrides and check_tensor_parallel).
         self.overrides = dict(overrides)
+        self._chat_template = chat_template  # replaces the chat config's (a template's text)
         self.device = device
         self.load_stats: dict[str, float] = {}
         self._commands: queue.Queue[tuple[str, Any]] = queue.Queue()
@@ -176,7 +178,7 @@ class Scheduler:
         self.vocab_size: int = int(self.config["model_config"]["vocab_size"])
         self.sampling_defaults: dict[str, Any] = dict(self.config.get("sampling") or {})
         self.tokenizer = TextTokenizer(self.model_dir, self.config)
-        self.template = ChatTemplate(self.config.get("chat_template"), self.tokenizer.special_tokens)
+        self.template = ChatTemplate(self._chat_template or self.config.get("chat_template"), self.tokenizer.special_tokens)
         self.grammars = GrammarCompiler(self.model_dir, self.vocab_size, sorted(self.tokenizer.eos_token_ids))
         self.load_stats = {"prepare_s": t1 - t0, "runtime_load_s": t2 - t1}
 

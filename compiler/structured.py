@@ -21,6 +21,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .request_spec import SPEC, show, type_name
+from .tools import CallFormat, ToolPlan, structural_tag
 
 RULES: Mapping[str, Any] = SPEC["structured_output"]
 SCHEMA_PARAM = "response_format.json_schema.schema"
@@ -28,21 +29,30 @@ SCHEMA_PARAM = "response_format.json_schema.schema"
 
 @dataclass(frozen=True)
 class ResponseFormat:
-    """A checked response_format: `kind` is text, json_object, json_schema or grammar."""
+    """A checked response_format: `kind` is text, json_object, json_schema or grammar; or the
+    grammar of a request's tool calls (kind tool_calls, made by the engine, not a request field)."""
 
     kind: str
     schema: Any = None  # json_schema (json_object: the spec's json_object_schema)
     grammar: str | None = None  # grammar: XGrammar's EBNF
     name: str | None = None
+    tools: ToolPlan | None = None  # tool_calls: the functions and the choice
+    call_format: CallFormat | None = None  # tool_calls: the template's call format
 
     @property
     def constrained(self) -> bool:
         return self.kind != "text"
 
+    def structural_tag(self, schema_grammar: Any) -> dict[str, Any]:
+        assert self.tools is not None and self.call_format is not None
+        return structural_tag(self.tools, self.call_format, schema_grammar)
+
     def key(self) -> str:
         """What identifies the compiled grammar (the compile cache's key)."""
         if self.kind == "grammar":
             return "grammar:" + (self.grammar or "")
+        if self.kind == "tool_calls":
+            return "tools:" + json.dumps(self.structural_tag(lambda schema: json.dumps(schema, sort_keys=True)), sort_keys=True)
         return "schema:" + json.dumps(self.schema, sort_keys=True, separators=(",", ":"))
 
 
@@ -260,6 +270,9 @@ class GrammarCompiler:
                 try:
                     if fmt.kind == "grammar":
                         self._cache[key] = compiler.compile_grammar(fmt.grammar)
+                    elif fmt.kind == "tool_calls":
+                        tag = fmt.structural_tag(self._schema_grammar)
+                        self._cache[key] = compiler.compile_structural_tag(json.dumps(tag, ensure_ascii=False))
                     else:
                         self._cache[key] = compiler.compile_json_schema(
                             json.dumps(fmt.schema), any_whitespace=RULES["any_whitespace"], indent=RULES["indent"],
@@ -268,8 +281,16 @@ class GrammarCompiler:
                     detail = _xgrammar_detail(exc)
                     if fmt.kind == "grammar":
                         raise _spec_error("grammar_invalid", "response_format.grammar", detail=detail) from None
-                    raise _spec_error("schema_compile", SCHEMA_PARAM, detail=detail) from None
+                    raise _spec_error("schema_compile", "tools" if fmt.kind == "tool_calls" else SCHEMA_PARAM, detail=detail) from None
             return self._cache[key]
+
+    @staticmethod
+    def _schema_grammar(schema: Any) -> str:
+        """A JSON Schema as XGrammar's EBNF text, with the spec's JSON options."""
+        grammar = _xgrammar().Grammar.from_json_schema(
+            json.dumps(schema), any_whitespace=RULES["any_whitespace"], indent=RULES["indent"],
+            separators=tuple(RULES["separators"]), strict_mode=RULES["strict_mode"])
+        return str(grammar)
 
     def matcher(self, compiled: Any) -> "GrammarMatcher":
         return GrammarMatcher(compiled, self._vocab_size)

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any, Mapping, Sequence
 
 from .protocol import RequestError
+from .tools import call_format
 
 
 class ChatTemplate:
@@ -28,15 +29,19 @@ class ChatTemplate:
         env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
         self.source = source or self.FALLBACK
         self.is_fallback = source is None
+        # The tool-call format the template renders, or why it cannot take tools (tools.call_format).
+        self.call_format, self.no_tools_reason = call_format(source)
         self._template = env.from_string(self.source)
         self._special = dict(special_tokens)
 
-    def render(self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True) -> str:
+    def render(self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True,
+               tools: Sequence[Mapping[str, Any]] | None = None) -> str:
+        """The prompt text; `tools` (OpenAI's tool objects) are the template's `tools` variable."""
         from jinja2 import TemplateError
 
         try:
             return self._template.render(
-                messages=list(messages), add_generation_prompt=add_generation_prompt, tools=None, documents=None, **self._special
+                messages=list(messages), add_generation_prompt=add_generation_prompt, tools=tools, documents=None, **self._special
             )
         except TemplateError as exc:
             # raise_exception() in a template is how templates reject a conversation (e.g.
@@ -51,6 +56,6 @@ def _raise_exception(message: str) -> None:
 
 
 def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, separators=None, sort_keys: bool = False) -> str:
-    from markupsafe import Markup
-
-    return Markup(json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys))
+    # A plain str, as transformers' filter returns: a markupsafe Markup would HTML-escape the
+    # strings it is concatenated with ('{"name": ' + args | tojson).
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)

@@ -81,6 +81,19 @@ EXPECTED: dict[str, tuple[dict[str, str], list[dict[str, str]], str, str]] = {
     "chatglm3": ({"bos_token": "", "eos_token": "</s>"}, CONV,
                  "[gMASK]sop<|system|>\n Be brief.<|user|>\n Hi<|assistant|>\n Hello!<|user|>\n Name a colour.<|assistant|>",
                  "[gMASK]sop<|system|>\n Be brief.<|user|>\n Hi<|assistant|>\n Hello!<|user|>\n Name a colour."),
+    # The function-calling templates render a conversation without tools as their base format
+    # does (ChatML; Llama 3); tools, calls and results are tests/fixtures/tool_cases.json's.
+    "hermes": ({"bos_token": "", "eos_token": "<|im_end|>"}, CONV, CHATML + "<|im_start|>assistant\n", CHATML),
+    "llama-3.1": ({"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}, CONV,
+                  "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+                  "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+                  "<|start_header_id|>assistant<|end_header_id|>\n\nHello!<|eot_id|>"
+                  "<|start_header_id|>user<|end_header_id|>\n\nName a colour.<|eot_id|>"
+                  "<|start_header_id|>assistant<|end_header_id|>\n\n",
+                  "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+                  "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+                  "<|start_header_id|>assistant<|end_header_id|>\n\nHello!<|eot_id|>"
+                  "<|start_header_id|>user<|end_header_id|>\n\nName a colour.<|eot_id|>"),
     # MiniCPM's template ignores add_generation_prompt: a user turn already ends in <AI>.
     "minicpm": (LLAMA_TOKENS, CONV,
                 "Be brief.<用户>Hi<AI>Hello!<用户>Name a colour.<AI>",

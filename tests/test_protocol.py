@@ -166,7 +166,7 @@ def test_max_completion_tokens_is_max_tokens():
 
 
 def test_unsupported_features_say_so():
-    assert "not supported" in chat_error(messages=USER, tools=[{"type": "function"}]).message
+    assert chat_error(messages=USER, tools=[{"type": "function"}]).param == "tools[0].function"
     assert "not supported" in chat_error(messages=USER, response_format={"type": "json"}).message
     assert parse_chat_request({"messages": USER, "response_format": {"type": "text"}, "tool_choice": "none"})
 

@@ -160,13 +160,19 @@ def test_structured_vocabularies() -> None:
 def test_structured_masks(case: dict[str, Any], tmp_path: Path) -> None:
     """Along each fixture path the grammar allows exactly the recorded tokens at every step."""
     from sphere_aae.structured import GrammarCompiler, ResponseFormat
+    from sphere_aae.tools import Function, ToolPlan, named_call_format
 
     v = STRUCTURED["vocabularies"][case["tokenizer"]]
     source = STORIES / "tokenizer.json" if case["tokenizer"] == "stories260K" else None
     (tmp_path / "tokenizer.json").write_text(source.read_text() if source else json.dumps(STRUCTURED["tokenizers"][case["tokenizer"]]))
     compiler = GrammarCompiler(tmp_path, v["vocab_size"], v["eos"])
     f = case["format"]
-    matcher = compiler.matcher(compiler.compile(ResponseFormat(f["kind"], schema=f["schema"], grammar=f["grammar"])))
+    plan = call_format = None
+    if f["kind"] == "tool_calls":
+        functions = tuple(Function(x["name"], x["parameters"], x["description"]) for x in f["tools"]["functions"])
+        plan, call_format = ToolPlan(functions, f["tools"]["choice"], f["tools"]["parallel"]), named_call_format(f["call_format"])
+    fmt = ResponseFormat(f["kind"], schema=f["schema"], grammar=f["grammar"], tools=plan, call_format=call_format)
+    matcher = compiler.matcher(compiler.compile(fmt))
     for i, step in enumerate(case["steps"]):
         assert np.flatnonzero(matcher.allowed()).tolist() == step["allowed"], f"step {i}"
         if step["token"] in v["eos"]:

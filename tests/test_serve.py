@@ -222,7 +222,8 @@ def test_dropped_stream_frees_its_sequence(smollm2):
 
 def test_abandoned_non_streaming_request_is_cancelled(smollm2):
     engine, url = smollm2
-    body = {"model": "x", "prompt": "Once upon a time", "max_tokens": 300, "ignore_eos": True}
+    # 1,500 tokens: more than a fast CPU decodes in the 3 s the client waits.
+    body = {"model": "x", "prompt": "Once upon a time", "max_tokens": 1500, "ignore_eos": True}
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{url}/v1/completions", json=body, timeout=httpx.Timeout(3.0, connect=5.0))
     wait_idle(engine, timeout=20)

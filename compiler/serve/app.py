@@ -161,11 +161,13 @@ def serve(
     overrides: str | Mapping[str, Any] | None = None,
     allow_origins: list[str] | None = None,
     log_level: str = "info",
+    chat_template: str | None = None,
 ) -> None:
     """Load `model` and serve it until interrupted (Ctrl-C)."""
     import uvicorn
 
-    engine = AsyncSphereAaeEngine(model, device=device, quantization=quantization, model_lib=model_lib, overrides=overrides)
+    engine = AsyncSphereAaeEngine(model, device=device, quantization=quantization, model_lib=model_lib, overrides=overrides,
+                                  chat_template=chat_template)
     app = create_app(engine, terminate_on_shutdown=True, allow_origins=allow_origins)
     print(f"Serving {engine.model_id} on http://{host}:{port}/v1 (OpenAI-compatible)", flush=True)
     try:
