@@ -349,6 +349,8 @@ def _rule(rule: str, kind: str, values: Mapping[str, Any]) -> None:
     if (rule == "tools_without_response_format" and values.get("tools") and values.get("tool_choice") != "none"
             and given("response_format") and values["response_format"].constrained):
         raise spec_error("tools_with_response_format", "response_format")
+    if rule == "tools_without_ignore_eos" and values.get("ignore_eos") and values.get("tools") and values.get("tool_choice") != "none":
+        raise spec_error("tools_ignore_eos", "ignore_eos")
     if rule == "best_of_is_n" and given("best_of") and values["best_of"] != values.get("n", FIELDS["n"]["default"]):
         raise spec_error("best_of", "best_of")
 

@@ -45,7 +45,7 @@ const specTarget = resolve(here, "../src/request_spec.json");
 if (existsSync(specSource)) {
   const spec = JSON.parse(readFileSync(specSource, "utf8"));
   const lacking = ["spec_version", "endpoints", "fields", "rules", "errors", "expected", "range_rules", "refused", "sampling",
-    "context_window", "detokenizer"].filter((k) => !(k in spec));
+    "context_window", "detokenizer", "structured_output", "tool_calling"].filter((k) => !(k in spec));
   for (const k of ["processors", "exp", "log", "prng", "greedy_below_temperature"]) {
     if (!spec.sampling || !(k in spec.sampling)) lacking.push(`sampling.${k}`);
   }

@@ -5,6 +5,7 @@
 import type {
   ChatCompletion,
   ChatCompletionChunk,
+  ChatCompletionMessage,
   ChatCompletionTokenLogprob,
   ChoiceLogprobs,
   Completion,
@@ -17,6 +18,7 @@ import type { Endpoint } from "./request_spec.js";
 import type { SampledToken } from "./sampling.js";
 import { Failure, type Output, type Request, type SchedulerEvent } from "./scheduler.js";
 import type { TextTokenizer } from "./tokenizer.js";
+import { RULES as TOOL_RULES, ToolCallParser, toolCallObject, type CallFormat, type ToolCall, type ToolPlan } from "./tools.js";
 
 export interface AssemblerOptions {
   modelId: string;
@@ -31,6 +33,8 @@ export interface AssemblerOptions {
   n: number;
   /** return_token_ids: the prompts' ids; null when not asked for */
   promptIds: number[][] | null;
+  /** function calling: the calls to parse out of each choice; null when calls are off */
+  toolCalls: { plan: ToolPlan; format: CallFormat } | null;
 }
 
 type Chunk = ChatCompletionChunk | Completion;
@@ -41,6 +45,10 @@ export class Assembler {
   readonly finish: Array<FinishReason | null>;
   private readonly tokens: SampledToken[][];
   private readonly tokenIds: number[][];
+  /** streams: ids no chunk carried yet */
+  private readonly unsentIds: number[][];
+  /** function calling: each choice's text split into content and calls as it streams */
+  private readonly parsers: ToolCallParser[] | null;
   private finished = 0;
   private promptIdsPending: boolean;
   private completionTokens = 0;
@@ -58,7 +66,23 @@ export class Assembler {
     this.finish = Array.from({ length: o.numChoices }, () => null);
     this.tokens = Array.from({ length: o.numChoices }, () => []);
     this.tokenIds = Array.from({ length: o.numChoices }, () => []);
+    this.unsentIds = Array.from({ length: o.numChoices }, () => []);
+    this.parsers = o.toolCalls !== null ? Array.from({ length: o.numChoices }, (_, i) => this.parser(i)) : null;
     this.promptIdsPending = o.promptIds !== null;
+  }
+
+  /** Call ids: call_ + the request id's part after its prefix + _ + choice index (+ _ + call index). */
+  private parser(index: number): ToolCallParser {
+    const { plan, format } = this.o.toolCalls!;
+    const id = this.request.id;
+    const dash = id.indexOf("-");
+    const prefix = dash < 0 ? id : id.slice(dash + 1);
+    return new ToolCallParser(format, plan.functions.map((f) => f.name), `call_${prefix}_${index}`);
+  }
+
+  /** A choice that made calls and stopped (EOS or a stop string) finished to call them. */
+  private finishReason(reason: FinishReason | null, parser: ToolCallParser | undefined): FinishReason | null {
+    return parser !== undefined && parser.calls.length > 0 && reason === "stop" ? (TOOL_RULES.finish_reason as FinishReason) : reason;
   }
 
   get done(): boolean {
@@ -169,12 +193,32 @@ export class Assembler {
     const chunks: Chunk[] = [];
     if (this.kind === "chat") {
       const logprobs = out.tokens.length ? this.chatLogprobs(out.tokens) : null;
-      let ids = out.tokenIds;
-      if (out.text || logprobs !== null) {
-        chunks.push(this.chatChunk(out.index, { content: out.text }, null, logprobs, this.ids(ids)));
-        ids = []; // the finish chunk carries only ids no content chunk carried
+      let text = out.text;
+      let calls: ToolCall[] = [];
+      const parser = this.parsers?.[out.index];
+      if (parser !== undefined) {
+        [text, calls] = parser.push(out.text);
+        if (out.finishReason !== null) {
+          const [rest, more] = parser.finish();
+          text += rest;
+          calls = [...calls, ...more];
+        }
       }
-      if (out.finishReason !== null) chunks.push(this.chatChunk(out.index, {}, out.finishReason, null, this.ids(ids)));
+      // Ids go on the next chunk sent: a content, tool-call or finish chunk.
+      let ids = [...this.unsentIds[out.index]!, ...out.tokenIds];
+      if (text || logprobs !== null) {
+        chunks.push(this.chatChunk(out.index, { content: text }, null, logprobs, this.ids(ids)));
+        ids = [];
+      }
+      for (const call of calls) {
+        chunks.push(this.chatChunk(out.index, { tool_calls: [toolCallObject(call, true)] }, null, null, this.ids(ids)));
+        ids = [];
+      }
+      if (out.finishReason !== null) {
+        chunks.push(this.chatChunk(out.index, {}, this.finishReason(out.finishReason, parser), null, this.ids(ids)));
+        ids = [];
+      }
+      this.unsentIds[out.index] = ids;
     } else {
       const offset = codePoints(this.texts[out.index]!) - codePoints(out.text);
       const logprobs = this.o.wantLogprobs ? this.completionLogprobs(out.tokens, offset) : null;
@@ -212,6 +256,16 @@ export class Assembler {
 
   // ---- final object
 
+  /** A choice's message and finish reason. */
+  private message(index: number): [ChatCompletionMessage, FinishReason] {
+    if (this.parsers === null) return [{ role: "assistant", content: this.texts[index]! }, this.finish[index]!];
+    const parser = this.parser(index); // the whole text at once: what the stream's deltas add up to
+    const content = parser.push(this.texts[index]!)[0] + parser.finish()[0];
+    const message: ChatCompletionMessage = { role: "assistant", content: content || (parser.calls.length ? null : "") };
+    if (parser.calls.length) message.tool_calls = parser.calls.map((c) => toolCallObject(c, false));
+    return [message, this.finishReason(this.finish[index]!, parser)!];
+  }
+
   result(): ChatCompletion | Completion {
     const r = this.request;
     const all = Array.from({ length: this.o.numChoices }, (_, i) => i);
@@ -219,13 +273,16 @@ export class Assembler {
     if (this.kind === "chat") {
       const out: ChatCompletion = {
         id: r.id, object: "chat.completion", created: r.created, model: this.o.modelId,
-        choices: all.map((i) => ({
-          index: i,
-          message: { role: "assistant" as const, content: this.texts[i]! },
-          finish_reason: this.finish[i]!,
-          logprobs: this.o.wantLogprobs ? this.chatLogprobs(this.tokens[i]!) : null,
-          ...this.ids(this.tokenIds[i]!),
-        })),
+        choices: all.map((i) => {
+          const [message, finishReason] = this.message(i);
+          return {
+            index: i,
+            message,
+            finish_reason: finishReason,
+            logprobs: this.o.wantLogprobs ? this.chatLogprobs(this.tokens[i]!) : null,
+            ...this.ids(this.tokenIds[i]!),
+          };
+        }),
         usage: this.usage(),
       };
       if (promptIds !== undefined) out.prompt_token_ids = promptIds as number[];

@@ -56,6 +56,7 @@ import type { SamplingParams } from "./sampling.js";
 import { Failure, Request, Scheduler, now, type SchedulerEvent } from "./scheduler.js";
 import { GrammarCompiler, isConstrained, type ResponseFormat } from "./structured.js";
 import { ChatTemplate } from "./template.js";
+import { forTemplate, planActive, type CallFormat, type ToolPlan } from "./tools.js";
 import { TextTokenizer } from "./tokenizer.js";
 import { checkDeviceFit, requestDevice } from "./webgpu.js";
 
@@ -113,6 +114,11 @@ export interface EngineConfig {
    * max_batch_size. The KV cache holds this many whole context windows.
    */
   maxBatchSize?: number;
+  /**
+   * A chat template's Jinja text, replacing the chat config's (e.g. one that renders tools, for
+   * function calling). Native: the chat_template engine option (which also takes a name).
+   */
+  chatTemplate?: string;
 }
 
 /** Per-call options, as the OpenAI JS client's second argument. */
@@ -176,6 +182,8 @@ interface Prepared {
   echoTexts: string[];
   returnTokenIds: boolean;
   responseFormat?: ResponseFormat | undefined;
+  /** function calling: the calls to parse out of each choice */
+  toolCalls?: { plan: ToolPlan; format: CallFormat } | undefined;
 }
 
 /** Events of one request, as they come from the scheduler, awaited one at a time. */
@@ -397,8 +405,12 @@ export class Engine implements EngineInterface {
     return device;
   }
 
-  /** For tests and custom runtimes: install an already-built model (no download, no GPU). */
+  /**
+   * For tests and custom runtimes: install an already-built model (no download, no GPU). The
+   * chatTemplate option, when set, replaces the model's template here (reload comes through here too).
+   */
   installModel(model: LoadedModel): void {
+    if (this.config.chatTemplate) model = { ...model, template: new ChatTemplate(this.config.chatTemplate, chatTemplateSpecials(model.tokenizer)) };
     const { config } = model;
     const maxBatchSize = this.maxBatchSize(config);
     const runtime = new ModelRuntime(model.backend, {
@@ -501,11 +513,20 @@ export class Engine implements EngineInterface {
     if (kind === "chat") {
       const chat = parseChatRequest(body as ChatCompletionRequest);
       this.checkModelField(model, chat.model);
-      const ids = this.encodePrompt(model, model.template.render(chat.messages));
+      const template = model.template;
+      let responseFormat = chat.responseFormat;
+      let toolCalls: Prepared["toolCalls"];
+      if (chat.tools !== undefined && planActive(chat.tools)) {
+        if (template.callFormat === null) throw specError("tools_template", "tools", { why: template.noToolsReason });
+        toolCalls = { plan: chat.tools, format: template.callFormat };
+        responseFormat = { kind: "tool_calls", tools: chat.tools, callFormat: template.callFormat };
+      }
+      const tools = chat.tools !== undefined ? forTemplate(chat.tools) : null;
+      const ids = this.encodePrompt(model, template.render(chat.messages, true, tools));
       return {
         kind, prompts: [ids], sampling: chat.sampling, wantLogprobs: chat.sampling.logprobs, topLogprobs: chat.sampling.topLogprobs,
         n: chat.n, stream: chat.stream, includeUsage: chat.includeUsage, echoTexts: [], returnTokenIds: chat.returnTokenIds,
-        responseFormat: chat.responseFormat,
+        responseFormat, toolCalls,
       };
     }
     const comp = parseCompletionRequest(body as CompletionRequest);
@@ -553,6 +574,7 @@ export class Engine implements EngineInterface {
       echoTexts: p.echoTexts,
       n: p.n,
       promptIds: p.returnTokenIds ? p.prompts : null,
+      toolCalls: p.toolCalls ?? null,
     });
     scheduler.submit(request);
     return { request, assembler };

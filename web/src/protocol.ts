@@ -10,6 +10,16 @@
 import { checkResponseFormat, isConstrained, type ResponseFormat } from "./structured.js";
 import { InvalidRequestError } from "./errors.js";
 import { SPEC, endpointFields, errorText, fieldType, rangeRule, show, typeName, type Endpoint, type FieldSpec } from "./request_spec.js";
+import {
+  checkMessageToolCalls,
+  checkToolChoice,
+  checkTools,
+  toolPlan,
+  type ChatToolCall,
+  type TemplateToolCall,
+  type ToolCallDelta,
+  type ToolPlan,
+} from "./tools.js";
 
 // ---------------------------------------------------------------------------------------------
 // Request types
@@ -25,7 +35,26 @@ export interface ChatCompletionMessageParam {
   role: Role;
   content: string | ChatCompletionContentPartText[] | null;
   name?: string;
+  /** assistant: the calls it made (arguments as JSON text) */
+  tool_calls?: ChatToolCall[] | null;
+  /** tool: the call this message answers */
+  tool_call_id?: string | null;
 }
+
+/** A function the model may call (OpenAI's tool object). */
+export interface ChatCompletionTool {
+  type: "function";
+  function: {
+    /** 1 to 64 letters, digits, '_' or '-' */
+    name: string;
+    description?: string | null;
+    /** A JSON Schema (structured output's keywords); default {"type": "object"}. */
+    parameters?: Record<string, unknown> | null;
+    strict?: boolean | null;
+  };
+}
+
+export type ChatCompletionToolChoice = "none" | "auto" | "required" | { type: "function"; function: { name: string } };
 
 export interface StreamOptions {
   include_usage?: boolean | null;
@@ -70,7 +99,12 @@ export interface ChatCompletionRequestBase extends SamplingRequestFields {
     | { type: "json_schema"; json_schema: { name: string; description?: string; schema?: Record<string, unknown> | boolean; strict?: boolean | null } }
     | { type: "grammar"; grammar: string }
     | null;
-  tool_choice?: "none" | "auto" | null;
+  /** Function calling (REQUESTS.md, "Function calling"): rendered by the model's chat template. */
+  tools?: ChatCompletionTool[] | null;
+  /** Default auto when tools are given, else none. */
+  tool_choice?: ChatCompletionToolChoice | null;
+  /** Default true; a call format that takes one call at a time (llama3_json) makes one anyway. */
+  parallel_tool_calls?: boolean | null;
 }
 export interface ChatCompletionRequestStreaming extends ChatCompletionRequestBase {
   stream: true;
@@ -99,7 +133,8 @@ export type CompletionRequest = CompletionRequestStreaming | CompletionRequestNo
 // ---------------------------------------------------------------------------------------------
 // Response types
 
-export type FinishReason = "stop" | "length" | "abort";
+/** tool_calls: the choice made calls and stopped (EOS or a stop string) to have them run. */
+export type FinishReason = "stop" | "length" | "abort" | "tool_calls";
 
 export interface CompletionUsage {
   prompt_tokens: number;
@@ -129,6 +164,13 @@ export interface ChoiceLogprobs {
   content: ChatCompletionTokenLogprob[] | null;
 }
 
+export interface ChatCompletionMessage {
+  role: "assistant";
+  content: string | null;
+  /** The calls the choice made (function calling); absent when it made none. */
+  tool_calls?: ChatToolCall[];
+}
+
 export interface ChatCompletion {
   id: string;
   object: "chat.completion";
@@ -136,7 +178,8 @@ export interface ChatCompletion {
   model: string;
   choices: Array<{
     index: number;
-    message: { role: "assistant"; content: string };
+    /** content is null when the choice made calls and wrote nothing else. */
+    message: ChatCompletionMessage;
     finish_reason: FinishReason;
     logprobs: ChoiceLogprobs | null;
     /** With return_token_ids: the generated ids (EOS included when it ended the answer). */
@@ -154,7 +197,8 @@ export interface ChatCompletionChunk {
   model: string;
   choices: Array<{
     index: number;
-    delta: { role?: "assistant"; content?: string };
+    /** A call is sent whole, in one delta, once its end was generated. */
+    delta: { role?: "assistant"; content?: string; tool_calls?: ToolCallDelta[] };
     finish_reason: FinishReason | null;
     logprobs: ChoiceLogprobs | null;
     /** With return_token_ids: the ids of this chunk's delta. */
@@ -212,6 +256,10 @@ export interface ParsedMessage {
   role: Role;
   content: string;
   name?: string;
+  /** assistant: the calls it made, arguments parsed (as templates take them) */
+  tool_calls?: TemplateToolCall[];
+  /** tool: the call this answers */
+  tool_call_id?: string;
 }
 
 interface ParsedCommon {
@@ -228,6 +276,8 @@ export interface ParsedChatRequest extends ParsedCommon {
   messages: ParsedMessage[];
   /** undefined or text: unconstrained */
   responseFormat?: ResponseFormat;
+  /** undefined: no tools given */
+  tools?: ToolPlan;
 }
 
 export interface ParsedCompletionRequest extends ParsedCommon {
@@ -350,10 +400,20 @@ function parseMessage(f: string, msg: unknown): ParsedMessage {
   if (typeof role !== "string" || !SPEC.roles.includes(role)) {
     throw specError("role", `${f}.role`, { value: show(role), roles: SPEC.roles.map(show).join(", ") });
   }
-  if (!isEmpty(msg["tool_calls"])) throw specError("tool_calls", `${f}.tool_calls`);
+  let toolCalls: TemplateToolCall[] | undefined;
+  if (msg["tool_calls"] !== undefined && msg["tool_calls"] !== null) {
+    if (role !== "assistant") throw specError("tool_calls_role", `${f}.tool_calls`);
+    toolCalls = checkMessageToolCalls(msg["tool_calls"], `${f}.tool_calls`);
+  }
+  const rawCallId = msg["tool_call_id"] ?? undefined;
+  if (role === "tool" && rawCallId === undefined) throw specError("missing", `${f}.tool_call_id`);
+  const toolCallId = rawCallId === undefined ? undefined : str(`${f}.tool_call_id`, rawCallId);
   const out: ParsedMessage = { role: role as Role, content: parseContent(`${f}.content`, msg["content"], role) };
   const name = msg["name"];
   if (name !== undefined && name !== null) out.name = str(`${f}.name`, name);
+  // Keys in Python's order (role, content, name, tool_calls, tool_call_id); an empty call list is none.
+  if (toolCalls?.length) out.tool_calls = toolCalls;
+  if (toolCallId !== undefined) out.tool_call_id = toolCallId;
   return out;
 }
 
@@ -393,6 +453,8 @@ const KINDS: Record<string, (name: string, v: unknown, f: FieldSpec) => unknown>
   stop: (_n, v) => parseStop(v),
   logit_bias: (_n, v) => parseLogitBias(v),
   response_format: (_n, v) => checkResponseFormat(v),
+  tools: (_n, v) => checkTools(v),
+  tool_choice: (_n, v) => checkToolChoice(v),
   number: (n, v, f) => num(n, v, f.min, f.max, f.min_exclusive ?? false),
   integer: (n, v, f) => int(n, v, f.min, f.max),
   boolean: (n, v) => bool(n, v),
@@ -402,9 +464,8 @@ const KINDS: Record<string, (name: string, v: unknown, f: FieldSpec) => unknown>
 
 function checkField(kind: Endpoint, name: string, value: unknown, f: FieldSpec): unknown {
   const t = fieldType(f, kind);
-  if (t === "refused_unless_empty" || t === "tool_choice") {
-    const ok = t === "refused_unless_empty" ? isEmpty(value) : (f.values ?? []).includes(value as string);
-    if (!ok) throw specError("refused", name, { what: SPEC.refused[name] });
+  if (t === "refused_unless_empty") {
+    if (!isEmpty(value)) throw specError("refused", name, { what: SPEC.refused[name] });
     return undefined;
   }
   const check = KINDS[t];
@@ -424,6 +485,21 @@ function checkRule(rule: string, kind: Endpoint, v: Map<string, unknown>): void 
   if (rule === "echo_without_logprobs" && kind === "completion" && v.has("logprobs") && v.get("echo")) throw specError("echo_with_logprobs", "logprobs");
   if (rule === "response_format_without_ignore_eos" && v.get("ignore_eos") && isConstrained(v.get("response_format") as ResponseFormat | undefined)) {
     throw specError("response_format_ignore_eos", "ignore_eos");
+  }
+  if (rule === "tool_choice_needs_tools" && (v.get("tool_choice") ?? "none") !== "none" && !(v.get("tools") as unknown[] | undefined)?.length) {
+    // tool_choice is kept as a name; the message shows it as it was sent.
+    const choice = v.get("tool_choice") as string;
+    const sent = SPEC.tool_calling.choices.includes(choice) ? choice : { type: "function", function: { name: choice } };
+    throw specError("tool_choice_without_tools", "tool_choice", { value: show(sent) });
+  }
+  if (
+    rule === "tools_without_response_format" && (v.get("tools") as unknown[] | undefined)?.length && v.get("tool_choice") !== "none" &&
+    isConstrained(v.get("response_format") as ResponseFormat | undefined)
+  ) {
+    throw specError("tools_with_response_format", "response_format");
+  }
+  if (rule === "tools_without_ignore_eos" && v.get("ignore_eos") && (v.get("tools") as unknown[] | undefined)?.length && v.get("tool_choice") !== "none") {
+    throw specError("tools_ignore_eos", "ignore_eos");
   }
   if (rule === "best_of_is_n" && v.has("best_of") && v.get("best_of") !== (v.get("n") ?? SPEC.fields["n"]!.default)) throw specError("best_of", "best_of");
 }
@@ -478,6 +554,8 @@ export function parseChatRequest(body: unknown): ParsedChatRequest {
   const out: ParsedChatRequest = { ...parseCommon("chat", v), messages: v.get("messages") as ParsedMessage[] };
   const format = v.get("response_format") as ResponseFormat | undefined;
   if (format !== undefined) out.responseFormat = format;
+  const tools = toolPlan(v);
+  if (tools !== undefined) out.tools = tools;
   return out;
 }
 

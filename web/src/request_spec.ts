@@ -16,7 +16,6 @@ export interface FieldSpec {
   min_exclusive?: boolean;
   default?: unknown;
   fallback?: number;
-  values?: string[];
   engines: { native: string; web: string };
 }
 
@@ -48,6 +47,19 @@ export interface RequestSpec {
   context_window: { param: Record<Endpoint, string> };
   detokenizer: { prefix_tokens: number; skip_special_tokens: boolean; incomplete_char: string };
   scheduler: { admissions_per_turn: number; prefix_cache_sequences: number; min_prefix_tokens: number; reuse_needs_exact_paged_prefill: boolean };
+  tool_calling: {
+    template_uses_tools: string;
+    detect_order: string[];
+    formats: Record<string, { detect: string; open: string; close: string; separator: string; arguments_key: string; parallel: boolean }>;
+    default_parameters: Record<string, unknown>;
+    tool_fields: string[];
+    function_fields: string[];
+    tool_call_fields: string[];
+    tool_call_function_fields: string[];
+    choices: string[];
+    finish_reason: string;
+    why: Record<string, string>;
+  };
   structured_output: {
     engine_version: string;
     any_whitespace: boolean;

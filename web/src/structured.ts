@@ -10,27 +10,43 @@
  */
 import { isRecord as isObject, specError } from "./protocol.js";
 import { SPEC, show, typeName } from "./request_spec.js";
+import { structuralTag, type CallFormat, type StructuralTag, type ToolPlan } from "./tools.js";
 
 export const RULES = SPEC.structured_output;
 export const SCHEMA_PARAM = "response_format.json_schema.schema";
 
-/** A checked response_format: `kind` is text, json_object, json_schema or grammar. */
+/**
+ * A checked response_format: `kind` is text, json_object, json_schema or grammar; or the grammar
+ * of a request's tool calls (kind tool_calls, made by the engine, not a request field).
+ */
 export interface ResponseFormat {
-  kind: "text" | "json_object" | "json_schema" | "grammar";
+  kind: "text" | "json_object" | "json_schema" | "grammar" | "tool_calls";
   /** json_schema (json_object: the spec's json_object_schema) */
   schema?: unknown;
   /** grammar: XGrammar's EBNF */
   grammar?: string;
   name?: string;
+  /** tool_calls: the functions and the choice */
+  tools?: ToolPlan;
+  /** tool_calls: the template's call format */
+  callFormat?: CallFormat;
 }
 
 export function isConstrained(f: ResponseFormat | undefined): f is ResponseFormat {
   return f !== undefined && f.kind !== "text";
 }
 
+/** The structural tag of a tool_calls format, its schemas turned into grammars by `schemaGrammar`. */
+function formatTag(f: ResponseFormat, schemaGrammar: (schema: unknown) => string): StructuralTag {
+  if (!f.tools || !f.callFormat) throw new Error("internal: a tool_calls format without its tools or call format");
+  return structuralTag(f.tools, f.callFormat, schemaGrammar);
+}
+
 /** What identifies the compiled grammar (the compile cache's key). */
 function formatKey(f: ResponseFormat): string {
-  return f.kind === "grammar" ? "grammar:" + f.grammar : "schema:" + sortedJson(f.schema);
+  if (f.kind === "grammar") return "grammar:" + f.grammar;
+  if (f.kind === "tool_calls") return "tools:" + sortedJson(formatTag(f, sortedJson));
+  return "schema:" + sortedJson(f.schema);
 }
 
 function sortedJson(v: unknown): string {
@@ -217,6 +233,22 @@ function xgrammarDetail(e: unknown): string {
   return line.replace(/^\[[^\]]*\]\s*\S+:\d+:\s*/, "");
 }
 
+/** indent -1 is XGrammar's JS spelling of "no indent" (Python's None). */
+function jsIndent(): number {
+  return RULES.indent === null ? -1 : RULES.indent;
+}
+
+/** A JSON Schema as XGrammar's EBNF text, with the spec's JSON options (Python's str(Grammar)). */
+export async function schemaGrammar(schema: unknown): Promise<string> {
+  const xgr = await loadXGrammar();
+  const grammar = await xgr.Grammar.fromJSONSchema(JSON.stringify(schema), RULES.any_whitespace, jsIndent(), RULES.separators, RULES.strict_mode);
+  try {
+    return String(grammar.toString());
+  } finally {
+    grammar.dispose?.();
+  }
+}
+
 /** One model's compiled grammars: XGrammar's compiler over its vocabulary, with a cache. */
 export class GrammarCompiler {
   private compiler: Promise<XGrammar> | undefined;
@@ -254,13 +286,18 @@ export class GrammarCompiler {
     const compiler = await this.xgrCompiler();
     try {
       if (f.kind === "grammar") return await compiler.compileGrammar(f.grammar, "root");
-      // indent -1 is XGrammar's JS spelling of "no indent" (Python's None).
-      const indent = RULES.indent === null ? -1 : RULES.indent;
-      return await compiler.compileJSONSchema(JSON.stringify(f.schema), RULES.any_whitespace, indent, RULES.separators, RULES.strict_mode);
+      if (f.kind === "tool_calls") {
+        // Each function's parameters as EBNF text first (XGrammar's JS API is async; Python's
+        // structural_tag takes the conversion as a callback).
+        const texts = new Map<unknown, string>();
+        for (const fn of f.tools?.functions ?? []) texts.set(fn.parameters, await schemaGrammar(fn.parameters));
+        return await compiler.compileStructuralTag(JSON.stringify(formatTag(f, (schema) => texts.get(schema)!)));
+      }
+      return await compiler.compileJSONSchema(JSON.stringify(f.schema), RULES.any_whitespace, jsIndent(), RULES.separators, RULES.strict_mode);
     } catch (e) {
       const detail = xgrammarDetail(e);
       if (f.kind === "grammar") throw specError("grammar_invalid", "response_format.grammar", { detail });
-      throw specError("schema_compile", SCHEMA_PARAM, { detail });
+      throw specError("schema_compile", f.kind === "tool_calls" ? "tools" : SCHEMA_PARAM, { detail });
     }
   }
 

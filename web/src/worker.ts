@@ -43,6 +43,8 @@ export interface WorkerEngineOptions {
   maxConcurrentDownloads?: number;
   verifyCachedShards?: boolean;
   maxBatchSize?: number;
+  /** A chat template's Jinja text, replacing the chat config's (EngineConfig.chatTemplate). */
+  chatTemplate?: string;
 }
 
 type Method = "configure" | "reload" | "resetChat" | "runtimeStatsText" | "unload" | "chatCompletion" | "completion";

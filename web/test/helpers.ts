@@ -2,7 +2,7 @@
 import { createHash } from "node:crypto";
 import type { ChatConfig, TensorManifest } from "../src/artifact.js";
 import type { CacheLike, CacheStorageLike } from "../src/cache.js";
-import { Engine } from "../src/engine.js";
+import { Engine, type EngineConfig } from "../src/engine.js";
 import type { ForwardBackend } from "../src/model_runtime.js";
 import { ChatTemplate } from "../src/template.js";
 import { TextTokenizer } from "../src/tokenizer.js";
@@ -87,7 +87,7 @@ export const FAKE_KV_PAGES = 1024;
  * cache would hold per sequence; `seq` is the one used last.
  */
 export class FakeBackend implements ForwardBackend {
-  readonly vocabSize = VOCAB_SIZE;
+  readonly vocabSize: number;
   exactPagedPrefill = true;
   readonly calls: FakeCall[] = [];
   readonly seqs = new Map<number, { tokens: number[]; pos: number }>();
@@ -99,8 +99,9 @@ export class FakeBackend implements ForwardBackend {
   uniform = false;
   disposed = false;
 
-  constructor(reply: number[]) {
+  constructor(reply: number[], vocabSize = VOCAB_SIZE) {
     this.reply = reply;
+    this.vocabSize = vocabSize;
   }
 
   get seq(): number[] {
@@ -115,7 +116,7 @@ export class FakeBackend implements ForwardBackend {
   }
 
   private logits(pos: number): Float32Array {
-    const l = new Float32Array(VOCAB_SIZE);
+    const l = new Float32Array(this.vocabSize);
     if (this.uniform) return l;
     const next = pos < this.reply.length ? this.reply[pos]! : 2;
     l[next] = 10;
@@ -184,18 +185,28 @@ export class FakeBackend implements ForwardBackend {
   }
 }
 
-export function fakeEngine(reply: string | number[], over: Partial<ChatConfig> = {}): { engine: Engine; backend: FakeBackend } {
-  const config = chatConfig(over);
-  const tokenizer = makeTokenizer();
-  const backend = new FakeBackend(typeof reply === "string" ? tokenizer.encode(reply) : reply);
-  const engine = new Engine({ logger: () => {} });
+/**
+ * An engine with the fake model installed. `tokenizerJson`: another word-level vocabulary
+ * (ids 0-2 still <unk>, <s>, </s>); `engineConfig`: options of the engine.
+ */
+export function fakeEngine(
+  reply: string | number[],
+  over: Partial<ChatConfig> = {},
+  { tokenizerJson = TOKENIZER_JSON, engineConfig = {} }: { tokenizerJson?: typeof TOKENIZER_JSON; engineConfig?: EngineConfig } = {},
+): { engine: Engine; backend: FakeBackend } {
+  const vocabSize = Object.keys(tokenizerJson.model.vocab).length;
+  const base = chatConfig(over);
+  const config = { ...base, model_config: { ...base.model_config, vocab_size: vocabSize } };
+  const tokenizer = new TextTokenizer(tokenizerJson, TOKENIZER_CONFIG, { bos: 1, eos: [2] });
+  const backend = new FakeBackend(typeof reply === "string" ? tokenizer.encode(reply) : reply, vocabSize);
+  const engine = new Engine({ logger: () => {}, ...engineConfig });
   engine.installModel({
     modelId: config.model_id,
     config,
     tokenizer,
     template: new ChatTemplate(config.chat_template, { bos_token: "<s>", eos_token: "</s>" }),
     backend,
-    tokenizerJson: TOKENIZER_JSON,
+    tokenizerJson,
   });
   return { engine, backend };
 }

@@ -94,8 +94,8 @@ test("bad fields are named", () => {
   badField({ messages: msgs, max_tokens: 5, max_completion_tokens: 5 }, "max_completion_tokens");
   badField({ messages: msgs, top_logprobs: 2 }, "top_logprobs", /'logprobs' must be set/);
   badField({ messages: msgs, response_format: { type: "json" } as never }, "response_format.type");
-  badField({ messages: msgs, tools: [{ type: "function" }] }, "tools");
-  badField({ messages: msgs, tool_choice: "required" }, "tool_choice");
+  badField({ messages: msgs, tools: [{ type: "function" }] }, "tools[0].function", /expected an object/);
+  badField({ messages: msgs, tool_choice: "required" }, "tool_choice", /needs 'tools'/);
 });
 
 test("bad messages are named", () => {
@@ -109,7 +109,8 @@ test("bad messages are named", () => {
   badField({ messages: [{ role: "user", content: [{ type: "image_url", image_url: {} }] }] }, "messages[0].content[0].type", /only "text"/);
   badField({ messages: [{ role: "user", content: [{ type: "text", text: 1 }] }] }, "messages[0].content[0].text");
   badField({ messages: [{ role: "user", content: "a", extra: 1 }] }, "messages[0].extra");
-  badField({ messages: [{ role: "assistant", content: "a", tool_calls: [{}] }] }, "messages[0].tool_calls");
+  badField({ messages: [{ role: "assistant", content: "a", tool_calls: [{}] }] }, "messages[0].tool_calls[0].id");
+  badField({ messages: [{ role: "user", content: "a", tool_calls: [] }] }, "messages[0].tool_calls", /only assistant messages/);
   badField({ messages: [{ role: "user", content: "a", name: 3 }] }, "messages[0].name");
   badField("nope", "", /must be a JSON object/);
 });

@@ -134,6 +134,8 @@ function normalized(kind: Endpoint, r: ParsedChatRequest | ParsedCompletionReque
     out["messages"] = (r as ParsedChatRequest).messages;
     const f = (r as ParsedChatRequest).responseFormat;
     out["response_format"] = f ? { kind: f.kind, schema: f.schema ?? null, grammar: f.grammar ?? null, name: f.name ?? null } : null;
+    const t = (r as ParsedChatRequest).tools;
+    out["tools"] = t ? { choice: t.choice, parallel: t.parallel, functions: t.functions.map((fn) => ({ name: fn.name, parameters: fn.parameters, description: fn.description })) } : null;
   } else Object.assign(out, { prompts: (r as ParsedCompletionRequest).prompts, echo: (r as ParsedCompletionRequest).echo });
   return out;
 }

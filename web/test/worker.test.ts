@@ -130,9 +130,11 @@ test("progress reports are forwarded to the page's callback", async () => {
 });
 
 test("resetChat, unload, and configure round-trip", async () => {
-  const { proxy, backend, close } = pair();
+  const { proxy, handler, backend, close } = pair();
   try {
-    await proxy.configure({ appConfig: { model_list: [] }, maxConcurrentDownloads: 2 });
+    await proxy.configure({ appConfig: { model_list: [] }, maxConcurrentDownloads: 2, chatTemplate: "{{ tools }}" });
+    // The options reach the worker's engine (they apply from its next load).
+    assert.equal((handler.engine as unknown as { config: EngineConfig }).config.chatTemplate, "{{ tools }}");
     await proxy.chat.completions.create({ messages: USER });
     await proxy.resetChat();
     assert.deepEqual(backend.seq, []);
