@@ -40,6 +40,18 @@ GEMMA_TURNS = (
     "<start_of_turn>user\nName a colour.<end_of_turn>\n"
 )
 
+# Llama 3 and 3.1 render a conversation without tools alike.
+EXPECTED_LLAMA3 = ({"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}, CONV,
+    "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+    "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+    "<|start_header_id|>assistant<|end_header_id|>\n\nHello!<|eot_id|>"
+    "<|start_header_id|>user<|end_header_id|>\n\nName a colour.<|eot_id|>"
+    "<|start_header_id|>assistant<|end_header_id|>\n\n",
+    "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+    "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+    "<|start_header_id|>assistant<|end_header_id|>\n\nHello!<|eot_id|>"
+    "<|start_header_id|>user<|end_header_id|>\n\nName a colour.<|eot_id|>")
+
 # name -> (special tokens of the model, messages, prompt with add_generation_prompt, without it).
 # The strings are the formats' facts: what each model's own (HF) template renders.
 EXPECTED: dict[str, tuple[dict[str, str], list[dict[str, str]], str, str]] = {
@@ -49,16 +61,7 @@ EXPECTED: dict[str, tuple[dict[str, str], list[dict[str, str]], str, str]] = {
     "llama-2": (LLAMA_TOKENS, CONV,
                 "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST] Hello! </s><s>[INST] Name a colour. [/INST]",
                 "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST] Hello! </s><s>[INST] Name a colour. [/INST]"),
-    "llama-3": ({"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}, CONV,
-                "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
-                "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
-                "<|start_header_id|>assistant<|end_header_id|>\n\nHello!<|eot_id|>"
-                "<|start_header_id|>user<|end_header_id|>\n\nName a colour.<|eot_id|>"
-                "<|start_header_id|>assistant<|end_header_id|>\n\n",
-                "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
-                "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
-                "<|start_header_id|>assistant<|end_header_id|>\n\nHello!<|eot_id|>"
-                "<|start_header_id|>user<|end_header_id|>\n\nName a colour.<|eot_id|>"),
+    "llama-3": EXPECTED_LLAMA3,
     "phi-2": ({"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"}, CONV,
               "Be brief.\nInstruct: Hi\nOutput: Hello!\nInstruct: Name a colour.\nOutput:",
               "Be brief.\nInstruct: Hi\nOutput: Hello!\nInstruct: Name a colour.\n"),
@@ -81,19 +84,10 @@ EXPECTED: dict[str, tuple[dict[str, str], list[dict[str, str]], str, str]] = {
     "chatglm3": ({"bos_token": "", "eos_token": "</s>"}, CONV,
                  "[gMASK]sop<|system|>\n Be brief.<|user|>\n Hi<|assistant|>\n Hello!<|user|>\n Name a colour.<|assistant|>",
                  "[gMASK]sop<|system|>\n Be brief.<|user|>\n Hi<|assistant|>\n Hello!<|user|>\n Name a colour."),
-    # The function-calling templates render a conversation without tools as their base format
-    # does (ChatML; Llama 3); tools, calls and results are tests/fixtures/tool_cases.json's.
+    # The function-calling templates render a conversation without tools as their base formats
+    # (ChatML, Llama 3) do; tools, calls and results are tests/fixtures/tool_cases.json's.
     "hermes": ({"bos_token": "", "eos_token": "<|im_end|>"}, CONV, CHATML + "<|im_start|>assistant\n", CHATML),
-    "llama-3.1": ({"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}, CONV,
-                  "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
-                  "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
-                  "<|start_header_id|>assistant<|end_header_id|>\n\nHello!<|eot_id|>"
-                  "<|start_header_id|>user<|end_header_id|>\n\nName a colour.<|eot_id|>"
-                  "<|start_header_id|>assistant<|end_header_id|>\n\n",
-                  "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
-                  "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
-                  "<|start_header_id|>assistant<|end_header_id|>\n\nHello!<|eot_id|>"
-                  "<|start_header_id|>user<|end_header_id|>\n\nName a colour.<|eot_id|>"),
+    "llama-3.1": EXPECTED_LLAMA3,
     # MiniCPM's template ignores add_generation_prompt: a user turn already ends in <AI>.
     "minicpm": (LLAMA_TOKENS, CONV,
                 "Be brief.<用户>Hi<AI>Hello!<用户>Name a colour.<AI>",

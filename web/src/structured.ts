@@ -49,7 +49,8 @@ function formatKey(f: ResponseFormat): string {
   return "schema:" + sortedJson(f.schema);
 }
 
-function sortedJson(v: unknown): string {
+/** Compact JSON with sorted keys (Python's json.dumps(v, sort_keys=True, separators=(",", ":"))). */
+export function sortedJson(v: unknown): string {
   if (Array.isArray(v)) return "[" + v.map(sortedJson).join(",") + "]";
   if (v && typeof v === "object") {
     const o = v as Record<string, unknown>;

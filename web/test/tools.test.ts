@@ -7,22 +7,13 @@ import { readFileSync } from "node:fs";
 import { test } from "node:test";
 import { InvalidRequestError } from "../src/errors.js";
 import { parseChatRequest, type ChatCompletionChunk, type ChatCompletionTool } from "../src/protocol.js";
+import { sortedJson } from "../src/structured.js";
 import { ChatTemplate } from "../src/template.js";
 import { ToolCallParser, callFormat, type ToolCall, checkTools, forTemplate, namedCallFormat, structuralTag, toolCallObject } from "../src/tools.js";
 import { TextTokenizer } from "../src/tokenizer.js";
 import { SIMPLE_TEMPLATE, TOKENIZER_CONFIG, TOKENIZER_JSON, fakeEngine } from "./helpers.js";
 
 const FIXTURE = JSON.parse(readFileSync(new URL("../../../tests/fixtures/tool_cases.json", import.meta.url), "utf8"));
-
-/** json.dumps(v, sort_keys=True, separators=(",", ":"), ensure_ascii=False) */
-function sortedJson(v: unknown): string {
-  if (Array.isArray(v)) return "[" + v.map(sortedJson).join(",") + "]";
-  if (v && typeof v === "object") {
-    const o = v as Record<string, unknown>;
-    return "{" + Object.keys(o).sort().map((k) => JSON.stringify(k) + ":" + sortedJson(o[k])).join(",") + "}";
-  }
-  return JSON.stringify(v);
-}
 
 test("tool_cases: the call format read off each template, or why there is none", () => {
   for (const t of FIXTURE.templates) {
