@@ -271,7 +271,8 @@ class GrammarCompiler:
                     if fmt.kind == "grammar":
                         self._cache[key] = compiler.compile_grammar(fmt.grammar)
                     elif fmt.kind == "tool_calls":
-                        tag = fmt.structural_tag(self._schema_grammar)
+                        grammars = self._parameter_grammars(fmt)
+                        tag = fmt.structural_tag(lambda schema: grammars[id(schema)])
                         self._cache[key] = compiler.compile_structural_tag(json.dumps(tag, ensure_ascii=False))
                     else:
                         self._cache[key] = compiler.compile_json_schema(
@@ -283,6 +284,17 @@ class GrammarCompiler:
                         raise _spec_error("grammar_invalid", "response_format.grammar", detail=detail) from None
                     raise _spec_error("schema_compile", "tools" if fmt.kind == "tool_calls" else SCHEMA_PARAM, detail=detail) from None
             return self._cache[key]
+
+    def _parameter_grammars(self, fmt: ResponseFormat) -> dict[int, str]:
+        """Each function's parameters as EBNF, by the schema object's id; an error names the function."""
+        assert fmt.tools is not None
+        out = {}
+        for i, function in enumerate(fmt.tools.functions):
+            try:
+                out[id(function.parameters)] = self._schema_grammar(function.parameters)
+            except RuntimeError as exc:
+                raise _spec_error("schema_compile", f"tools[{i}].function.parameters", detail=_xgrammar_detail(exc)) from None
+        return out
 
     @staticmethod
     def _schema_grammar(schema: Any) -> str:

@@ -77,6 +77,8 @@ def _fields(value: Any, allowed: Sequence[str], param: str) -> None:
 def _function_name(value: Any, param: str) -> str:
     if not isinstance(value, str) or not re.fullmatch(NAME_PATTERN, value):
         raise _spec_error("function_name", param, value=show(value))
+    if value in RULES["choices"]:  # a named tool_choice must not read as one of the choices
+        raise _spec_error("function_name_reserved", param, value=show(value))
     return value
 
 

@@ -148,6 +148,14 @@ def test_a_template_without_tools_is_a_400_naming_the_fix() -> None:
         engine.terminate()
 
 
+def test_parameters_xgrammar_refuses_name_their_function(stories: SphereAaeEngine) -> None:
+    bad = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {
+        "a": {"type": "string", "pattern": "(["}}, "required": ["a"]}}}
+    with pytest.raises(RequestError) as info:
+        stories.chat.completions.create(messages=USER, tools=[WEATHER_ONLY[0], bad], tool_choice="required")
+    assert info.value.param == "tools[1].function.parameters" and "Unclosed '['" in info.value.message
+
+
 def test_unknown_named_template_lists_the_known_ones() -> None:
     with pytest.raises(ValueError, match="known: chatml"):
         SphereAaeEngine(str(STORIES), quantization="q0f32", chat_template="hermes-9")

@@ -8,6 +8,7 @@
  * (its wasm inlined), so it is loaded on the first structured request only: the package build
  * ships it beside dist/index.js as dist/xgrammar.js.
  */
+import { InvalidRequestError } from "./errors.js";
 import { isRecord as isObject, specError } from "./protocol.js";
 import { SPEC, show, typeName } from "./request_spec.js";
 import { structuralTag, type CallFormat, type StructuralTag, type ToolPlan } from "./tools.js";
@@ -291,11 +292,18 @@ export class GrammarCompiler {
         // Each function's parameters as EBNF text first (XGrammar's JS API is async; Python's
         // structural_tag takes the conversion as a callback).
         const texts = new Map<unknown, string>();
-        for (const fn of f.tools?.functions ?? []) texts.set(fn.parameters, await schemaGrammar(fn.parameters));
+        for (const [i, fn] of (f.tools?.functions ?? []).entries()) {
+          try {
+            texts.set(fn.parameters, await schemaGrammar(fn.parameters));
+          } catch (e) {
+            throw specError("schema_compile", `tools[${i}].function.parameters`, { detail: xgrammarDetail(e) });
+          }
+        }
         return await compiler.compileStructuralTag(JSON.stringify(formatTag(f, (schema) => texts.get(schema)!)));
       }
       return await compiler.compileJSONSchema(JSON.stringify(f.schema), RULES.any_whitespace, jsIndent(), RULES.separators, RULES.strict_mode);
     } catch (e) {
+      if (e instanceof InvalidRequestError) throw e; // a function's parameters, named above
       const detail = xgrammarDetail(e);
       if (f.kind === "grammar") throw specError("grammar_invalid", "response_format.grammar", { detail });
       throw specError("schema_compile", f.kind === "tool_calls" ? "tools" : SCHEMA_PARAM, { detail });

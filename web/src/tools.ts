@@ -65,6 +65,8 @@ function checkFields(value: unknown, allowed: readonly string[], param: string):
 
 function functionName(value: unknown, param: string): string {
   if (typeof value !== "string" || !NAME_PATTERN.test(value)) throw specError("function_name", param, { value: show(value) });
+  // A named tool_choice must not read as one of the choices.
+  if (RULES.choices.includes(value)) throw specError("function_name_reserved", param, { value: show(value) });
   return value;
 }
 

@@ -167,3 +167,15 @@ test("a conversation with calls and results renders through the template", async
     'user:hi\nassistant:<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>\ntool:noon\nassistant:',
   );
 });
+
+test("parameters XGrammar cannot compile are a 400 naming that function's parameters", async () => {
+  const { engine } = toolsEngine(CALL);
+  const bad: ChatCompletionTool = { type: "function", function: { name: "f", parameters: { type: "object", properties: { a: { type: "string", pattern: "([" } }, required: ["a"] } } };
+  await assert.rejects(engine.chat.completions.create({ messages: USER, tools: [TOOLS[0]!, bad], tool_choice: "required" }), (e: unknown) => {
+    assert.ok(e instanceof InvalidRequestError, String(e));
+    assert.equal(e.field, "tools[1].function.parameters");
+    // XGrammar's wasm build aborts without its message (natively: "Unclosed '['").
+    assert.match(e.message, /the schema cannot be turned into a grammar/);
+    return true;
+  });
+});
