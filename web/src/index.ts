@@ -63,6 +63,7 @@ export {
 export { Sampler, SplitMix64, type SampledToken, type SamplingParams } from "./sampling.js";
 export { TextTokenizer, IncrementalDetokenizer } from "./tokenizer.js";
 export { ChatTemplate } from "./template.js";
+export { CreateServiceWorkerEngine, ServiceWorkerEngine, ServiceWorkerEngineHandler, type ServiceWorkerEngineOptions } from "./service_worker.js";
 export { ToolCallParser, callFormat, type CallFormat, type ChatToolCall, type ToolCallDelta, type ToolPlan } from "./tools.js";
 
 // WebLLM-compatible aliases, so existing pages port by changing the import line.

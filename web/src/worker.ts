@@ -86,6 +86,23 @@ export interface WebWorkerEngineHandlerOptions {
   postMessage?: (message: unknown) => void;
   /** Build the engine; lets tests (or custom runtimes) substitute their own. */
   createEngine?: (config: EngineConfig) => Engine;
+  /** An engine shared with other handlers (a service worker's pages); its progress reports are the owner's to forward. */
+  engine?: Engine;
+  /** Shared with the other handlers of `engine`: a reload of the model it already holds, with the same options, is answered at once. */
+  loaded?: LoadedModel;
+}
+
+/** What a shared engine holds: the model and the options it was loaded with, and how many loads it took. */
+export class LoadedModel {
+  key: string | undefined;
+  options = "{}";
+  loads = 0;
+}
+
+/** The result of a reload call: whether the model was already loaded (a service worker's engine outlives its pages). */
+export interface ReloadResult {
+  reused: boolean;
+  loads: number;
 }
 
 export class WebWorkerEngineHandler {
@@ -94,11 +111,18 @@ export class WebWorkerEngineHandler {
   /** One per request in flight, aborted when the page cancels it. */
   private readonly controllers = new Map<number, AbortController>();
 
+  private readonly loaded: LoadedModel;
+
   constructor(options: WebWorkerEngineHandlerOptions = {}) {
     const g = globalThis as unknown as { postMessage?: (m: unknown) => void };
     this.post = options.postMessage ?? ((m) => g.postMessage!(m));
-    const config: EngineConfig = { initProgressCallback: (report) => this.send({ kind: "progress", report }) };
-    this.engine = options.createEngine ? options.createEngine(config) : new Engine(config);
+    const config: EngineConfig = { initProgressCallback: (report) => this.sendProgress(report) };
+    this.engine = options.engine ?? (options.createEngine ? options.createEngine(config) : new Engine(config));
+    this.loaded = options.loaded ?? new LoadedModel();
+  }
+
+  sendProgress(report: InitProgressReport): void {
+    this.send({ kind: "progress", report });
   }
 
   private send(msg: FromWorker): void {
@@ -127,13 +151,23 @@ export class WebWorkerEngineHandler {
         case "configure": {
           const o = (args[0] ?? {}) as WorkerEngineOptions;
           this.engine.updateConfig(o);
+          this.loaded.options = JSON.stringify(o);
           this.send({ kind: "result", id, value: undefined });
           return;
         }
-        case "reload":
-          await this.engine.reload(String(args[0]));
-          this.send({ kind: "result", id, value: undefined });
+        case "reload": {
+          const modelId = String(args[0]);
+          const key = modelId + "\n" + this.loaded.options;
+          const reused = this.loaded.key === key && this.engine.modelId === modelId;
+          if (!reused) {
+            this.loaded.key = undefined; // a failed load leaves nothing to reuse
+            await this.engine.reload(modelId);
+            this.loaded.key = key;
+            this.loaded.loads += 1;
+          }
+          this.send({ kind: "result", id, value: { reused, loads: this.loaded.loads } satisfies ReloadResult });
           return;
+        }
         case "resetChat":
           await this.engine.resetChat();
           this.send({ kind: "result", id, value: undefined });
@@ -286,6 +320,11 @@ export class WebWorkerEngine implements EngineInterface {
     this.completions = { create: completionCreate as EngineInterface["completions"]["create"] };
   }
 
+  /** The connection is gone (a stopped service worker): everything pending fails with `err`. */
+  disconnect(err: Error): void {
+    this.failAll(err);
+  }
+
   private failAll(err: Error): void {
     for (const p of this.pending.values()) p.reject(err);
     this.pending.clear();
@@ -385,8 +424,14 @@ export class WebWorkerEngine implements EngineInterface {
     this.progressCallback = cb;
   }
 
+  /** Load `modelId` in the worker's engine; a shared engine that holds it already answers at once (`reused`). */
   async reload(modelId: string): Promise<void> {
-    await this.call("reload", [modelId]);
+    await this.reloadModel(modelId);
+  }
+
+  async reloadModel(modelId: string): Promise<ReloadResult> {
+    const { value } = await this.call("reload", [modelId]);
+    return (value as ReloadResult | undefined) ?? { reused: false, loads: 1 };
   }
 
   async resetChat(): Promise<void> {
