@@ -32,6 +32,7 @@ KV_PAGE_SIZE: int = FORMAT["kv_page_size"]
 MAX_BINDING_BYTES: int = FORMAT["max_binding_bytes"]
 DTYPE_BYTES: dict[str, int] = FORMAT["dtype_bytes"]
 CHAT_CONFIG_OPTIONAL: dict[str, Any] = FORMAT["chat_config_optional"]
+MODEL_LIB_DEVICES: dict[str, str] = FORMAT["model_lib_devices"]  # device -> library file extension
 MESSAGES: dict[str, str] = FORMAT["messages"]
 VM_FUNCTIONS: dict[str, list[str]] = FORMAT["functions"]
 KV_BUILTINS: dict[str, str] = FORMAT["kv_builtins"]
@@ -65,7 +66,7 @@ def atomic_copy(src: Path, dst: Path) -> None:
 
 
 def model_lib_name(model_id: str, device: str) -> str:
-    ext = "wasm" if device == "webgpu" else "so"
+    ext = MODEL_LIB_DEVICES[device]
     return FILES["model_lib_pattern"].format(model_id=model_id, device=device, ext=ext)
 
 
@@ -203,6 +204,8 @@ def check_chat_config(raw: Any, path: Path) -> dict[str, Any]:
     if not isinstance(cfg["model_lib"], dict):
         _fail(path, "model_lib")
     for device, file in cfg["model_lib"].items():
+        if device not in MODEL_LIB_DEVICES:
+            _fail(path, "model_lib_device", device=device, devices=", ".join(MODEL_LIB_DEVICES))
         check_relative_path(file, f"model_lib.{device}", path)
     check_relative_path(cfg["manifest"], "manifest", path)
     if not isinstance(cfg["tokenizer_files"], list):

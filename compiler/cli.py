@@ -169,7 +169,7 @@ def cmd_tokenizer_server(a: argparse.Namespace) -> int:
 def cmd_web_build(a: argparse.Namespace) -> int:
     from .web.build import build_web_model
 
-    folder = build_web_model(a.model, quantization=a.quantization, output=Path(a.output))
+    folder = build_web_model(a.model, quantization=a.quantization, output=Path(a.output), wasm=a.wasm)
     print(f"built {folder}")
     return 0
 
@@ -196,6 +196,8 @@ def _web_parsers(sub: argparse._SubParsersAction, prefix: str) -> None:
     p = sub.add_parser(f"{prefix}build", help="build a hostable model folder (config + shards + wasm)")
     _add_model_args(p, model_default=DEFAULT_MODEL)
     p.add_argument("-o", "--output", default="dist", help="folder that receives <model-id>/ and models.json")
+    p.add_argument("--no-wasm", dest="wasm", action="store_false",
+                   help="leave out the CPU fallback library (model_lib.wasm), which runs the model where WebGPU is missing")
     p.set_defaults(func=cmd_web_build, quantization_default="q4f32_1")
 
     p = sub.add_parser(f"{prefix}serve", help="serve site/ and built models on 127.0.0.1")
@@ -248,7 +250,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 
     p = sub.add_parser("compile", help="compile a model folder for a device with TVM")
     p.add_argument("model_dir")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "webgpu"])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "webgpu", "wasm"],
+                   help="cpu/cuda: a native library; webgpu: the browser library; wasm: the browser's CPU fallback "
+                        "(LLVM wasm32 + SIMD128 kernels, runs without WebGPU)")
     p.add_argument("-o", "--output", default=None, help="library path (default: inside the model folder)")
     p.add_argument("--debug-functions", action="store_true", help="also export per-layer debug functions (check)")
     p.set_defaults(func=cmd_compile)

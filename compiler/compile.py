@@ -4,7 +4,10 @@ One pipeline for every device; only the target and the final packaging differ:
 - cpu: LLVM for the host, exported as a shared library (`.so`) loaded by the native runtime;
 - cuda: CUDA kernels (dlight schedules) + LLVM host, a shared library;
 - webgpu: WGSL kernels (dlight schedules) + a wasm32 host module, linked with the TVM web runtime
-  (wasm_runtime/) by Emscripten into one `.wasm` for the browser.
+  (wasm_runtime/) by Emscripten into one `.wasm` for the browser;
+- wasm: the browser's CPU fallback (no WebGPU): the CPU schedules compiled by LLVM for wasm32 with
+  SIMD128, linked like webgpu but without the WebGPU runtime. Same weights as webgpu (no CPU repack:
+  the x86 kernels of quantization/cpu_kernels.py are for `cpu` only).
 """
 
 from __future__ import annotations
@@ -23,7 +26,11 @@ from .schedules import get_cpu_pipeline, get_gpu_pipeline
 from .models import config_from_dict, get_architecture
 from .quantization import get_scheme, quantize_model
 
-DEVICES = ("cpu", "cuda", "webgpu")
+DEVICES = ("cpu", "cuda", "webgpu", "wasm")
+# Devices whose library is one `.wasm` for the browser engine (linked with TVM's web runtime).
+WASM_DEVICES = ("webgpu", "wasm")
+# Devices compiled with the CPU schedules (LLVM kernels) rather than the GPU ones.
+CPU_DEVICES = ("cpu", "wasm")
 
 
 class CompileError(RuntimeError):
@@ -46,6 +53,10 @@ def make_target(device: str) -> tvm.target.Target:
         return tvm.target.Target({"kind": "cuda"}, host={"kind": "llvm"})
     if device == "webgpu":
         return tvm.target.Target({"kind": "webgpu"}, host={"kind": "llvm", "mtriple": "wasm32-unknown-unknown-wasm"})
+    if device == "wasm":
+        # Kernels and host in one wasm32 module; SIMD128 is in every browser with WebGPU's era
+        # (Chrome 91+, Firefox 89+, Safari 16.4+). The web runtime runs parallel loops serially.
+        return tvm.target.Target({"kind": "llvm", "mtriple": "wasm32-unknown-unknown-wasm", "mattr": ["+simd128"]})
     raise CompileError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
 
 
@@ -84,7 +95,7 @@ def export_ir(chat_config: dict[str, Any], device: str, debug_functions: bool = 
     target = make_target(device)
     with target:
         mod, named_params = model.export_tvm(spec=model.get_default_spec(debug_functions=debug_functions))
-    if device == "cpu":
+    if device in CPU_DEVICES:
         from .models.cpu_attention import use_vectorized_attention
 
         mod = use_vectorized_attention(mod, cfg, scheme.model_dtype)
@@ -123,15 +134,15 @@ def compile_model(
     target = make_target(device)
     _say(progress, f"[compile] lowering and building ({len(mod.functions)} functions; this takes a while)")
     model_dtype = get_scheme(chat_config["quantization"]).model_dtype
-    pipeline = get_cpu_pipeline(target, model_dtype) if device == "cpu" else get_gpu_pipeline(target)
+    pipeline = get_cpu_pipeline(target, model_dtype) if device in CPU_DEVICES else get_gpu_pipeline(target)
     with target:
         executable = relax.build(mod, target=target, relax_pipeline=pipeline)
     output.parent.mkdir(parents=True, exist_ok=True)
-    if device == "webgpu":
+    if device in WASM_DEVICES:
         from .wasm_runtime import link_model_wasm
 
         _say(progress, "[compile] linking the wasm module with the TVM web runtime (emcc)")
-        link_model_wasm(executable, output)
+        link_model_wasm(executable, output, webgpu=device == "webgpu")
     else:
         tmp = output.with_name(f".{output.name}.tmp.so")
         executable.export_library(str(tmp))

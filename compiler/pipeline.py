@@ -29,7 +29,7 @@ from . import DEFAULT_MODEL, __version__, artifact
 from .compile import DEVICES, compile_model, compile_metadata
 from .quantization import get_scheme
 
-DEFAULT_QUANTIZATION = {"cpu": "q4f32_1", "cuda": "q4f16_1", "webgpu": "q4f32_1"}
+DEFAULT_QUANTIZATION = {"cpu": "q4f32_1", "cuda": "q4f16_1", "webgpu": "q4f32_1", "wasm": "q4f32_1"}
 CATALOG_DIR = Path(__file__).resolve().parent.parent / "models"
 
 
@@ -202,7 +202,7 @@ def library_key(config: dict[str, Any], device: str, debug_functions: bool) -> s
 def ensure_library(model_dir: Path, device: str, *, debug_functions: bool = False, progress: bool = True) -> Path:
     config = artifact.read_chat_config(model_dir)
     key = library_key(config, device, debug_functions)
-    ext = "wasm" if device == "webgpu" else "so"
+    ext = artifact.MODEL_LIB_DEVICES[device]
     lib = cache_home() / "libs" / f"{config['model_type']}-{config['quantization']}-{device}-{key}.{ext}"
     if not lib.is_file():
         compile_model(model_dir, device, lib, debug_functions=debug_functions, progress=progress)

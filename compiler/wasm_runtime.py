@@ -613,8 +613,13 @@ def link_model_wasm(
     strip_names: bool = True,
     extra_link_flags: Sequence[str] = (),
     progress: bool = True,
+    webgpu: bool = True,
 ) -> LinkResult:
     """Link a ``relax.build(..., target=webgpu_target())`` result into a model ``.wasm``.
+
+    webgpu: link TVM's WebGPU device glue (``webgpu_runtime.o``). False for a CPU-only library
+        (``compile --device wasm``: LLVM wasm32 kernels, no WGSL), which then needs no WebGPU
+        device to load.
 
     Builds the runtime first if needed. The file is written atomically: a temporary file in
     the destination folder, then ``os.replace``.
@@ -637,6 +642,8 @@ def link_model_wasm(
 
     t0 = time.monotonic()
     runtime_objects = ensure_built(progress=progress)
+    if not webgpu:
+        runtime_objects = [o for o in runtime_objects if o.name != "webgpu_runtime.o"]
     t1 = time.monotonic()
     emcc = _find_emcc()
     flags = [opt_level, *_LINK_FLAGS]

@@ -3,6 +3,7 @@
 // URL parameters (handy for automation):
 //   ?model=<id>      preselect a model        ?autoload=1   load it right away
 //   ?adapter=compat  ask WebGPU for a compatibility-mode adapter (e.g. GLES/lavapipe)
+//   ?device=wasm     run on the CPU library even where WebGPU works (?device=webgpu: never the CPU)
 // document.body.dataset.state is idle | loading | ready | generating | error, and window.aae
 // exposes the engine and chat state (window.aae.lastAnswer: the last reply's text, token ids,
 // prompt token ids, finish reason and usage, for automation and debugging).
@@ -75,6 +76,7 @@ function appConfig() {
 function engineOptions() {
   const opts = { appConfig: appConfig() };
   if (params.get("adapter") === "compat") opts.requestAdapterOptions = { featureLevel: "compatibility" };
+  if (["auto", "webgpu", "wasm"].includes(params.get("device"))) opts.device = params.get("device");
   return opts;
 }
 
@@ -92,6 +94,7 @@ async function refreshModelInfo() {
   if (m.required_features && m.required_features.length) parts.push(`needs ${m.required_features.join(", ")}`);
   if (!m.has_chat_template) parts.push("base model (no chat format)");
   if (m.has_webgpu_lib === false) parts.push("no WebGPU library built yet");
+  if (m.has_cpu_lib) parts.push("runs on the CPU without WebGPU (slower)");
   let cached = "";
   try {
     cached = (await hasModelInCache(id, appConfig())) ? "cached in this browser" : "not cached yet";
@@ -317,7 +320,7 @@ $("delete-cache-btn").addEventListener("click", async () => {
 async function main() {
   setState("idle");
   if (!("gpu" in navigator)) {
-    showStatus("This browser does not expose WebGPU (navigator.gpu); models cannot run here.");
+    showStatus("This browser does not expose WebGPU (navigator.gpu): only models built with a CPU library can run here, slowly.");
   }
   await loadModelList();
   setState("idle");

@@ -1,5 +1,9 @@
 """`aae-web build`: one self-contained, hostable model folder (config + shards + wasm).
 
+The folder holds two model libraries over the same shards: the WebGPU one (`model_lib.webgpu`)
+and the CPU fallback (`model_lib.wasm`, `compile --device wasm`), which the browser engine runs
+where WebGPU is missing or cannot run the model; `--no-wasm` leaves the fallback out.
+
 The folder lands in `<output>/<model-id>/`, and `<output>/models.json` lists every built model
 (the demo site's model picker reads it). `model_url` entries are relative to models.json, so the
 whole output folder can be hosted anywhere as it is.
@@ -125,6 +129,7 @@ def register_model(output: Path, config: dict[str, Any], folder: Path) -> None:
         "context_window_size": config["context_window_size"],
         "weights_bytes": manifest["total_bytes"],
         "wasm": config["model_lib"]["webgpu"],
+        "model_lib": config["model_lib"],  # every library of the folder, by device
     })
     entries.sort(key=lambda e: e["model_id"])
     artifact.atomic_write_json(path, entries)
@@ -138,7 +143,9 @@ def build_web_model(
     model_id: str | None = None,
     force: bool = False,
     progress: bool = True,
+    wasm: bool = True,
 ) -> Path:
+    """Build `model` into `output/<model-id>/`; `wasm`: also the CPU fallback library."""
     from ..loaders import load_source
 
     output = Path(output)
@@ -156,14 +163,23 @@ def build_web_model(
         print(f"[build] reusing converted weights in {folder}", flush=True)
     config = artifact.read_chat_config(folder)
     config[WEIGHTS_KEY] = weights_key
-    wasm_name = artifact.model_lib_name(model_id, "webgpu")
-    wasm = folder / wasm_name
-    # The wasm depends only on the config the library is keyed by; reuse it when that is unchanged.
-    key = library_key(config, "webgpu", False)
-    if force or not wasm.is_file() or config.get("model_lib_key", {}).get("webgpu") != key:
-        compile_model(folder, "webgpu", wasm, progress=progress)
-    config["model_lib"] = {**config.get("model_lib", {}), "webgpu": wasm_name}
-    config["model_lib_key"] = {**config.get("model_lib_key", {}), "webgpu": key}
+    config["model_lib"] = dict(config.get("model_lib", {}))
+    config["model_lib_key"] = dict(config.get("model_lib_key", {}))
+    for device in ("webgpu", "wasm"):
+        lib_name = artifact.model_lib_name(model_id, device)
+        lib = folder / lib_name
+        if device == "wasm" and not wasm:
+            # Left out: no entry, and no stale file of an earlier build beside the shards.
+            config["model_lib"].pop(device, None)
+            config["model_lib_key"].pop(device, None)
+            lib.unlink(missing_ok=True)
+            continue
+        # A library depends only on the config it is keyed by; reuse it when that is unchanged.
+        key = library_key(config, device, False)
+        if force or not lib.is_file() or config["model_lib_key"].get(device) != key:
+            compile_model(folder, device, lib, progress=progress)
+        config["model_lib"][device] = lib_name
+        config["model_lib_key"][device] = key
     artifact.atomic_write_json(folder / artifact.CHAT_CONFIG, config)
     register_model(output, config, folder)
     return folder

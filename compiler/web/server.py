@@ -255,6 +255,8 @@ def list_models(models_dir: Path) -> list[dict[str, Any]]:
         if lib:
             entry["wasm"] = lib
         entry["has_webgpu_lib"] = bool(lib) and (d / lib).is_file()
+        cpu_lib = (cfg.get("model_lib") or {}).get("wasm")  # the CPU fallback (compile --device wasm)
+        entry["has_cpu_lib"] = bool(cpu_lib) and (d / cpu_lib).is_file()
         entry["has_chat_template"] = bool(cfg.get("chat_template"))
         try:
             man = json.loads((d / (cfg.get("manifest") or MANIFEST)).read_text(encoding="utf-8"))

@@ -7,7 +7,8 @@
 //     node scripts/integration-node.mjs [--quick] <built stories260K folder>
 //
 // --quick: load and the reference continuation only (SwiftShader under Dawn is slow: the full
-// set takes minutes). Prints one line per check; exits 1 if any failed.
+// set takes minutes). --device wasm: run the folder's CPU library (model_lib.wasm) instead, with
+// no WebGPU at all (Dawn is not loaded). Prints one line per check; exits 1 if any failed.
 import { readFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
@@ -15,17 +16,22 @@ import { fetchWithConfigOverrides, runIntegrationChecks } from "./integration-ch
 
 const args = process.argv.slice(2);
 const quick = args.includes("--quick");
-const folder = args.find((a) => !a.startsWith("--"));
-if (!folder) {
-  console.error("usage: node scripts/integration-node.mjs [--quick] <model-folder>");
+const deviceAt = args.indexOf("--device");
+const device = deviceAt >= 0 ? args[deviceAt + 1] : "webgpu";
+const folder = args.find((a, i) => !a.startsWith("--") && i !== deviceAt + 1);
+if (!folder || !["webgpu", "wasm"].includes(device)) {
+  console.error("usage: node scripts/integration-node.mjs [--quick] [--device webgpu|wasm] <model-folder>");
   process.exit(2);
 }
-const webgpu = await import("webgpu").catch(() => {
-  console.error("needs Dawn for Node (npm `webgpu`, a devDependency): run npm ci");
-  process.exit(2);
-});
-Object.assign(globalThis, webgpu.globals);
-const gpu = webgpu.create((process.env.AAE_DAWN_OPTIONS || "").split(",").filter(Boolean));
+let gpu;
+if (device === "webgpu") {
+  const webgpu = await import("webgpu").catch(() => {
+    console.error("needs Dawn for Node (npm `webgpu`, a devDependency): run npm ci");
+    process.exit(2);
+  });
+  Object.assign(globalThis, webgpu.globals);
+  gpu = webgpu.create((process.env.AAE_DAWN_OPTIONS || "").split(",").filter(Boolean));
+}
 const aae = await import(new URL("../dist/index.js", import.meta.url).href);
 
 // Node's fetch does not read file: URLs; the model folder is read from disk instead.
@@ -41,6 +47,7 @@ const load = (overrides) =>
   aae.CreateEngine("m", {
     appConfig: { model_list: [{ model_id: "m", model_url: pathToFileURL(resolve(folder) + "/").href }] },
     gpu,
+    device,
     store: null,
     fetch: fetchWithConfigOverrides(fileFetch, overrides),
     logger: () => {},

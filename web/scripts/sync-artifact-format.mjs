@@ -24,7 +24,7 @@ if (!existsSync(source)) {
 const format = JSON.parse(readFileSync(source, "utf8"));
 const needed = ["format_version", "files", "tensor_alignment", "kv_page_size", "dtype_bytes",
   "chat_config_required", "chat_config_optional", "messages", "manifest_required", "shard_required", "tensor_required",
-  "kv_builtins"];
+  "kv_builtins", "model_lib_devices"];
 const missing = needed.filter((k) => !(k in format));
 for (const k of ["chat_config", "manifest", "model_lib_pattern"]) {
   if (!format.files || !(k in format.files)) missing.push(`files.${k}`);

@@ -21,6 +21,8 @@ export const KV_PAGE_SIZE: number = FORMAT.kv_page_size;
 export const WEBGPU_EXACT_PAGED_PREFILL_BELOW_HEAD_DIM: number = FORMAT.webgpu_exact_paged_prefill_below_head_dim;
 export const DTYPE_BYTES: Readonly<Record<string, number>> = FORMAT.dtype_bytes;
 export const KV_BUILTINS = FORMAT.kv_builtins;
+/** Devices a model library is built for (model_lib keys) -> the library's file extension. */
+export const MODEL_LIB_DEVICES: Readonly<Record<string, string>> = FORMAT.model_lib_devices;
 
 /** Compiled VM function names (ARTIFACT.md, "Compiled functions"). */
 export const VM_FUNCTIONS = {
@@ -174,7 +176,12 @@ export function parseChatConfig(raw: unknown, source = CHAT_CONFIG_FILE): ChatCo
     fail(source, "strings", { what: "required_features" });
   }
   if (!isObject(c.model_lib)) fail(source, "model_lib");
-  for (const [device, file] of Object.entries(c.model_lib)) checkRelativePath(file, `model_lib.${device}`, source);
+  for (const [device, file] of Object.entries(c.model_lib)) {
+    if (!Object.prototype.hasOwnProperty.call(MODEL_LIB_DEVICES, device)) {
+      fail(source, "model_lib_device", { device, devices: Object.keys(MODEL_LIB_DEVICES).join(", ") });
+    }
+    checkRelativePath(file, `model_lib.${device}`, source);
+  }
   checkRelativePath(c.manifest, "manifest", source);
   if (!Array.isArray(c.tokenizer_files)) fail(source, "array", { what: "tokenizer_files" });
   c.tokenizer_files.forEach((f, i) => checkRelativePath(f, `tokenizer_files[${i}]`, source));
@@ -247,7 +254,7 @@ export function modelLibFile(config: ChatConfig, device = "webgpu"): string {
   return FORMAT.files.model_lib_pattern
     .replace("{model_id}", config.model_id)
     .replace("{device}", device)
-    .replace("{ext}", device === "webgpu" ? "wasm" : "so");
+    .replace("{ext}", MODEL_LIB_DEVICES[device] ?? "so");
 }
 
 /** Base URL of a model folder, always with a trailing slash so relative files resolve inside it. */

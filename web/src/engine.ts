@@ -22,6 +22,7 @@ import {
   parseChatConfig,
   parseManifest,
   type ChatConfig,
+  type TensorManifest,
 } from "./artifact.js";
 import { Assembler } from "./assembler.js";
 import {
@@ -35,7 +36,7 @@ import {
   type LoadProgress,
 } from "./cache.js";
 import { DeviceLostError, EngineNotLoadedError, FeatureNotSupportedError, ModelNotFoundError, NetworkError } from "./errors.js";
-import { ModelRuntime, TVMBackend, type ForwardBackend } from "./model_runtime.js";
+import { ModelRuntime, TVMBackend, type ForwardBackend, type LibraryDevice } from "./model_runtime.js";
 import {
   parseChatRequest,
   parseCompletionRequest,
@@ -58,7 +59,7 @@ import { GrammarCompiler, isConstrained, type ResponseFormat } from "./structure
 import { ChatTemplate } from "./template.js";
 import { forTemplate, planActive, type CallFormat, type ToolPlan } from "./tools.js";
 import { TextTokenizer } from "./tokenizer.js";
-import { checkDeviceFit, requestDevice } from "./webgpu.js";
+import { checkDeviceFit, deviceCandidates, isWebGPUFallbackReason, requestDevice, type DevicePreference } from "./webgpu.js";
 
 // ---------------------------------------------------------------------------------------------
 // Public configuration types
@@ -67,7 +68,10 @@ export interface ModelRecord {
   model_id: string;
   /** Base URL of the model folder (absolute, or relative to the page). */
   model_url: string;
-  /** Optional URL of the .wasm when it is not in the folder (else chat config's model_lib.webgpu). */
+  /**
+   * Optional URL of the WebGPU .wasm when it is not in the folder (else chat config's
+   * model_lib.webgpu). The CPU library (model_lib.wasm) is always read from the folder.
+   */
   model_lib_url?: string;
   /** Anything else (size, description...) is carried along untouched, e.g. for a model picker. */
   [key: string]: unknown;
@@ -101,6 +105,12 @@ export interface EngineConfig {
   requestAdapterOptions?: GPURequestAdapterOptions;
   /** The WebGPU entry point; default navigator.gpu. Lets Node (npm `webgpu`) run the engine. */
   gpu?: GPU;
+  /**
+   * Where the model runs: "webgpu", "wasm" (the folder's CPU library, model_lib.wasm: no GPU
+   * needed, much slower), or "auto" (default): WebGPU when the page has it and it can run the
+   * model (adapter, features, binding sizes), else the CPU library when the folder has one.
+   */
+  device?: DevicePreference;
   /** Where model files are cached; default Cache API (or IndexedDB per appConfig); null: none. */
   store?: ByteStore | null;
   /** Shards downloaded at once (default 4). */
@@ -216,6 +226,7 @@ export class Engine implements EngineInterface {
   private deviceLost: string | undefined;
   private lastStats = { prefillTokensPerS: 0, decodeTokensPerS: 0 };
   private adapterDescription: string | undefined;
+  private libraryDevice: LibraryDevice | undefined;
   private progressCallback: InitProgressCallback | undefined;
 
   readonly chat: EngineInterface["chat"];
@@ -248,6 +259,11 @@ export class Engine implements EngineInterface {
   /** The WebGPU adapter of the last load, as one line (vendor, architecture, description, mode). */
   get adapterInfo(): string | undefined {
     return this.adapterDescription;
+  }
+
+  /** Where the last loaded model runs: "webgpu", or "wasm" (its CPU library). */
+  get device(): LibraryDevice | undefined {
+    return this.libraryDevice;
   }
 
   /** The loaded model's chat config (context window, sampling defaults...). */
@@ -308,15 +324,36 @@ export class Engine implements EngineInterface {
       const baseUrl = normalizeBaseUrl(record.model_url);
       report("download", 0, "Fetching model configuration");
       const config = await this.fetchChatConfig(loader, baseUrl, modelId);
-      // Fail fast on the GPU before downloading anything large.
-      const device = await this.openDevice(config);
-      ownedDevice = device;
-      const manifest = parseManifest(await loader.fetchJson(fileUrl(baseUrl, config.manifest)), fileUrl(baseUrl, config.manifest));
-      // Device fit: refused here, before the library or any weight is downloaded.
-      checkDeviceFit((device as unknown as { limits?: Partial<Record<string, number>> }).limits, config, manifest, this.maxBatchSize(config));
+      const fetchManifest = async () => parseManifest(await loader.fetchJson(fileUrl(baseUrl, config.manifest)), fileUrl(baseUrl, config.manifest));
+      let manifest: TensorManifest | undefined;
+      // WebGPU first when it may serve (deviceCandidates); the CPU library when it cannot.
+      const candidates = deviceCandidates(this.config.device ?? "auto", config.model_lib, this.gpuEntry() !== undefined, modelId);
+      let device: GPUDevice | null = null;
+      let libDevice: LibraryDevice = "wasm";
+      for (const [i, candidate] of candidates.entries()) {
+        if (candidate === "wasm") break;
+        try {
+          // Fail fast on the GPU before downloading anything large.
+          ownedDevice = await this.openDevice(config);
+          manifest ??= await fetchManifest();
+          // Device fit: refused here, before the library or any weight is downloaded.
+          checkDeviceFit((ownedDevice as unknown as { limits?: Partial<Record<string, number>> }).limits, config, manifest, this.maxBatchSize(config));
+          device = ownedDevice;
+          libDevice = "webgpu";
+          break;
+        } catch (e) {
+          ownedDevice?.destroy();
+          ownedDevice = undefined;
+          if (i === candidates.length - 1 || !isWebGPUFallbackReason(e)) throw e;
+          this.log(`WebGPU cannot run ${modelId} (${(e as Error).message}); using its CPU library (wasm)`);
+        }
+      }
+      if (libDevice === "wasm") this.adapterDescription = "CPU (WebAssembly)";
+      manifest ??= await fetchManifest();
       const { tokenizer, template, tokenizerJson } = await fetchTokenizer(loader, baseUrl, config);
 
-      const wasmUrl = record.model_lib_url ? new URL(record.model_lib_url, baseUrl).href : fileUrl(baseUrl, modelLibFile(config, "webgpu"));
+      const wasmUrl =
+        libDevice === "webgpu" && record.model_lib_url ? new URL(record.model_lib_url, baseUrl).href : fileUrl(baseUrl, modelLibFile(config, libDevice));
       const wasm = await loader.fetchBytes(wasmUrl, {});
 
       const backend = await TVMBackend.load({
@@ -336,6 +373,7 @@ export class Engine implements EngineInterface {
         abort.signal.throwIfAborted();
       }
       this.installModel({ modelId, config, tokenizer, template, backend, tokenizerJson });
+      this.libraryDevice = libDevice;
       report("ready", 1, `Ready: ${modelId}`, lastDownload);
     } catch (e) {
       // Do not keep a device (and whatever it allocated) for a model that failed to load.
@@ -390,8 +428,12 @@ export class Engine implements EngineInterface {
   }
 
   /** The WebGPU device for `config` (its required features), watched for an unexpected loss. */
+  private gpuEntry(): GPU | undefined {
+    return this.config.gpu ?? (typeof navigator !== "undefined" ? navigator.gpu : undefined);
+  }
+
   private async openDevice(config: ChatConfig): Promise<GPUDevice> {
-    const gpu = this.config.gpu ?? (typeof navigator !== "undefined" ? navigator.gpu : undefined);
+    const gpu = this.gpuEntry();
     const { device, adapterDescription } = await requestDevice(gpu, config.required_features, this.config.requestAdapterOptions);
     this.log(`WebGPU adapter: ${adapterDescription}`);
     this.adapterDescription = adapterDescription;

@@ -4,7 +4,8 @@
  *
  * Two layers, so the tests can fake the model and keep the rules:
  *  - `ForwardBackend`: the compiled functions themselves (one forward pass per call, sequences
- *    named by id). `TVMBackend` runs them with tvmjs on WebGPU; tests script a fake.
+ *    named by id). `TVMBackend` runs them with tvmjs on WebGPU (a `webgpu` library) or on the
+ *    CPU (a `wasm` library: LLVM wasm32 kernels, no GPU); tests script a fake.
  *  - `ModelRuntime`: what model_runtime.py's ModelRuntime does around them: sequence ids and
  *    lengths, the context-window bound, prefill chunking (and its sliding-window rule), decode
  *    batches of at most max_batch_size.
@@ -197,7 +198,10 @@ export class ModelRuntime {
 }
 
 // ---------------------------------------------------------------------------------------------
-// TVM on WebGPU
+// TVM on WebGPU, or on the CPU (the `wasm` library)
+
+/** Where a model library runs: `webgpu` (WGSL kernels) or `wasm` (its kernels run on the CPU). */
+export type LibraryDevice = "webgpu" | "wasm";
 
 /** Give tvmjs' bundled Emscripten WASI shim the CommonJS globals it expects under Node (never in browsers). */
 async function ensureNodeRequire(): Promise<void> {
@@ -223,7 +227,9 @@ function int64(v: number): unknown {
 export class TVMBackend implements ForwardBackend {
   readonly vocabSize: number;
   readonly exactPagedPrefill: boolean;
+  readonly device: LibraryDevice;
   private readonly tvm: Instance;
+  private readonly dev: ReturnType<Instance["cpu"]>;
   private readonly params: TVMObject;
   private readonly paramTensors: Tensor[];
   private readonly vm: VirtualMachine;
@@ -243,16 +249,19 @@ export class TVMBackend implements ForwardBackend {
   private readonly logitsCPU = new Map<number, Tensor>();
   private disposed = false;
 
-  private constructor(tvm: Instance, config: ChatConfig, paramTensors: Tensor[], maxBatchSize: number) {
+  private constructor(tvm: Instance, device: LibraryDevice, config: ChatConfig, paramTensors: Tensor[], maxBatchSize: number) {
     this.tvm = tvm;
+    this.device = device;
+    this.dev = device === "webgpu" ? tvm.webgpu() : tvm.cpu();
     this.vocabSize = config.model_config.vocab_size;
-    this.exactPagedPrefill = config.model_config.head_dim < WEBGPU_EXACT_PAGED_PREFILL_BELOW_HEAD_DIM;
+    // Only TVM's WebGPU paged prefill is inexact; the CPU kernels are exact at every head size.
+    this.exactPagedPrefill = device === "wasm" || config.model_config.head_dim < WEBGPU_EXACT_PAGED_PREFILL_BELOW_HEAD_DIM;
     this.paramTensors = paramTensors;
     const detach = <T extends { dispose(): void }>(x: T): T => tvm.detachFromCurrentScope(x);
     tvm.beginScope();
     try {
       this.params = detach(tvm.makeTVMArray(paramTensors));
-      this.vm = detach(tvm.createVirtualMachine(tvm.webgpu()));
+      this.vm = detach(tvm.createVirtualMachine(this.dev));
       this.fEmbed = detach(this.vm.getFunction(VM_FUNCTIONS.embed));
       this.fPrefill = detach(this.vm.getFunction(VM_FUNCTIONS.prefill));
       this.fDecode = detach(this.vm.getFunction(VM_FUNCTIONS.decode));
@@ -284,11 +293,13 @@ export class TVMBackend implements ForwardBackend {
   /**
    * Instantiate the model wasm, upload every weight (as shards arrive), compile the kernels.
    * `onPhase` reports "compile" progress; download progress comes from the loader.
+   * `device` null: a CPU library (`compile --device wasm`): weights, KV cache and kernels stay in
+   * the wasm memory, and no WebGPU is touched.
    */
   static async load(args: {
     wasm: Uint8Array;
     wasmUrl: string;
-    device: GPUDevice;
+    device: GPUDevice | null;
     config: ChatConfig;
     manifest: TensorManifest;
     baseUrl: string;
@@ -306,14 +317,15 @@ export class TVMBackend implements ForwardBackend {
     } catch (e) {
       throw new ArtifactFormatError(
         `The model library (${args.wasmUrl}) could not be instantiated: ${(e as Error)?.message ?? String(e)}. ` +
-          `Rebuild it with \`sphere_aae compile --device webgpu\` (it must match this engine's TVM runtime).`,
+          `Rebuild it with \`sphere_aae compile --device ${args.device ? "webgpu" : "wasm"}\` (it must match this engine's TVM runtime).`,
         { url: args.wasmUrl },
         { cause: e },
       );
     }
     try {
-      tvm.initWebGPU(args.device);
-      const dev = tvm.webgpu();
+      const device: LibraryDevice = args.device ? "webgpu" : "wasm";
+      if (args.device) tvm.initWebGPU(args.device);
+      const dev = args.device ? tvm.webgpu() : tvm.cpu();
       const tensors: Tensor[] = new Array(manifest.tensors.length);
       const byShard: number[][] = manifest.shards.map(() => []);
       manifest.tensors.forEach((t, i) => byShard[t.shard]!.push(i));
@@ -325,7 +337,7 @@ export class TVMBackend implements ForwardBackend {
             const t = manifest.tensors[i]!;
             const gpu = tvm.detachFromCurrentScope(tvm.empty(t.shape, t.dtype, dev));
             const data = bytes.subarray(t.byte_offset, t.byte_offset + t.bytes);
-            if (t.bytes % 4 === 0) {
+            if (device === "wasm" || t.bytes % 4 === 0) {
               gpu.copyFromRawBytes(data);
             } else {
               // WebGPU writes need 4-byte sizes; odd-sized tensors go through a CPU staging tensor.
@@ -342,10 +354,14 @@ export class TVMBackend implements ForwardBackend {
       await dev.sync();
 
       tvm.registerInitProgressCallback((r) => args.onCompileProgress(r.progress, r.text));
-      const backend = new TVMBackend(tvm, config, tensors, maxBatchSize);
-      // Compile every WGSL kernel now (asynchronously, in parallel) rather than on first use.
-      await tvm.asyncLoadWebGPUPipelines(backend.vm.getInternalModule());
-      args.onCompileProgress(1, "GPU kernels ready");
+      const backend = new TVMBackend(tvm, device, config, tensors, maxBatchSize);
+      if (device === "webgpu") {
+        // Compile every WGSL kernel now (asynchronously, in parallel) rather than on first use.
+        await tvm.asyncLoadWebGPUPipelines(backend.vm.getInternalModule());
+        args.onCompileProgress(1, "GPU kernels ready");
+      } else {
+        args.onCompileProgress(1, "CPU kernels ready");
+      }
       return backend;
     } catch (e) {
       try {
@@ -364,7 +380,7 @@ export class TVMBackend implements ForwardBackend {
   private async forward(seqIds: readonly number[], lengths: readonly number[], tokens: readonly number[], fn: PackedFunc, wantLogits: boolean): Promise<Float32Array[] | null> {
     if (this.disposed) throw new EngineNotLoadedError("The model was unloaded");
     const tvm = this.tvm;
-    const dev = tvm.webgpu();
+    const dev = this.dev;
     tvm.beginScope();
     try {
       const n = tokens.length;

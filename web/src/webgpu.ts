@@ -1,10 +1,55 @@
 /**
  * The WebGPU device a model runs on: the adapter, the features a model needs, the limits asked
- * for. (The native engine's twin is TVM's device choice in runtime/model_runtime.py.)
+ * for; and the choice between WebGPU and the CPU library (`wasm`) when WebGPU is missing.
+ * (The native engine's twin is TVM's device choice in runtime/model_runtime.py.)
  */
 import type { ChatConfig, TensorManifest } from "./artifact.js";
 import { KV_PAGE_SIZE } from "./artifact.js";
-import { FeatureNotSupportedError, ModelTooLargeError, WebGPUNotAvailableError } from "./errors.js";
+import { ArtifactFormatError, FeatureNotSupportedError, ModelTooLargeError, WebGPUNotAvailableError } from "./errors.js";
+import type { LibraryDevice } from "./model_runtime.js";
+
+// ---------------------------------------------------------------------------------------------
+// Device choice
+
+/**
+ * EngineConfig.device: "webgpu" or "wasm" (the CPU library: `compile --device wasm`) only, or
+ * "auto" (the default): WebGPU when the page has it and it can run the model, else the CPU
+ * library when the model folder has one.
+ */
+export type DevicePreference = "auto" | LibraryDevice;
+
+/**
+ * The libraries to try, in order, for a model whose chat config lists `modelLib` (device -> file).
+ * `gpuPresent`: the page has a WebGPU entry point (navigator.gpu or EngineConfig.gpu).
+ * Under "auto", a folder without a `wasm` library gives ["webgpu"] whatever the page has (so a
+ * page without WebGPU gets WebGPU's own error), and a page without WebGPU skips straight to "wasm".
+ * A preference the folder cannot serve is refused here, before anything large is fetched.
+ */
+export function deviceCandidates(preference: DevicePreference, modelLib: Readonly<Record<string, string>>, gpuPresent: boolean, modelId = "the model"): LibraryDevice[] {
+  const hasWasm = Object.prototype.hasOwnProperty.call(modelLib, "wasm");
+  if (preference === "webgpu") return ["webgpu"];
+  if (preference === "wasm") {
+    if (!hasWasm) {
+      throw new ArtifactFormatError(
+        `${modelId} has no CPU (wasm) library (its chat config's model_lib lists ${Object.keys(modelLib).join(", ") || "nothing"}): ` +
+          "rebuild it with `aae-web build` (without --no-wasm), or load it on WebGPU.",
+        { device: "wasm" },
+      );
+    }
+    return ["wasm"];
+  }
+  if (preference !== "auto") throw new TypeError(`EngineConfig.device must be "auto", "webgpu" or "wasm", got ${JSON.stringify(preference)}`);
+  if (!hasWasm) return ["webgpu"];
+  return gpuPresent ? ["webgpu", "wasm"] : ["wasm"];
+}
+
+/**
+ * Whether a failure to open WebGPU for a model means "try the CPU library instead": no WebGPU or
+ * no adapter, a missing feature (shader-f16), or a model too large for the GPU's bindings.
+ */
+export function isWebGPUFallbackReason(e: unknown): boolean {
+  return e instanceof WebGPUNotAvailableError || e instanceof FeatureNotSupportedError || e instanceof ModelTooLargeError;
+}
 
 export interface GPUSetup {
   device: GPUDevice;

@@ -1,0 +1,155 @@
+"""The browser engine's CPU fallback: `compile --device wasm` (LLVM wasm32 + SIMD128 kernels, TVM's
+paged KV cache on the CPU, linked with the web runtime minus WebGPU) over the same shards as the
+WebGPU library, run by the engine's own forward path in Node with no GPU at all.
+
+Node runs the library through tvmjs on its CPU device: web/scripts/greedy-ids.mjs (TVMBackend +
+ModelRuntime, plain argmax) for ids to compare with the native engine's, and
+web/scripts/integration-node.mjs --device wasm for the request-level checks (KV reuse, popN,
+chunked prefill, batch decode, ...) that the WebGPU route runs in Chromium.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from browser_support import WEB, build, native_greedy, playwright, web_dist, web_models_dir  # noqa: F401  (fixtures)
+from conftest import STORIES_REFERENCE_IDS
+
+
+def test_wasm_target_and_library_name() -> None:
+    from sphere_aae.artifact import model_lib_name
+    from sphere_aae.compile import DEVICES, make_target
+
+    assert "wasm" in DEVICES
+    target = make_target("wasm")
+    assert target.kind.name == "llvm"
+    assert str(target.attrs["mtriple"]).startswith("wasm32")
+    assert "+simd128" in [str(a) for a in target.attrs["mattr"]]
+    assert "mcpu" not in target.attrs  # nothing of the build machine's CPU
+    assert model_lib_name("m-q4f32_1", "wasm") == "m-q4f32_1-wasm.wasm"
+    assert model_lib_name("m-q4f32_1", "cpu") == "m-q4f32_1-cpu.so"
+
+
+def _node(*args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    node = shutil.which("node")
+    assert node, "node is needed"
+    return subprocess.run([node, *args], cwd=WEB, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_stories260k_wasm_cpu_ids_equal_native(stories_dir: Path, web_models_dir: Path, web_dist: Path) -> None:
+    folder = build(stories_dir, "q0f32", web_models_dir)
+    config = json.loads((folder / "aae-chat-config.json").read_text())
+    assert config["model_lib"]["wasm"] == f"{config['model_id']}-wasm.wasm"
+    lib = folder / config["model_lib"]["wasm"]
+    assert lib.read_bytes()[:4] == b"\0asm"
+    n = len(STORIES_REFERENCE_IDS) - 5
+    native = native_greedy(str(stories_dir), "q0f32", STORIES_REFERENCE_IDS[:5], n)
+    assert native == STORIES_REFERENCE_IDS, "the native engine drifted from the fixture's reference"
+
+    p = _node("scripts/greedy-ids.mjs", "--device", "wasm", str(folder), ",".join(map(str, STORIES_REFERENCE_IDS[:5])), str(n))
+    assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
+    result = json.loads(p.stdout.strip().splitlines()[-1])
+    print(f"[wasm cpu] stories260K decode {result['decode_tok_s']:.0f} tok/s in Node")
+    assert result["ids"] == native
+
+    # The whole engine (tokenizer, scheduler, KV reuse, popN, batch decode...) on the CPU library.
+    p = _node("scripts/integration-node.mjs", "--device", "wasm", str(folder))
+    assert p.returncode == 0, (p.stdout + p.stderr)[-6000:]
+    assert "all checks passed" in p.stdout and "reference checks on" in p.stdout, p.stdout[-4000:]
+
+
+@pytest.mark.slow
+def test_web_build_no_wasm_leaves_the_cpu_library_out(stories_dir: Path, web_models_dir: Path, tmp_path: Path) -> None:
+    from sphere_aae.web.build import build_web_model
+
+    folder = build(stories_dir, "q0f32", web_models_dir)
+    out = tmp_path / "out"
+    shutil.copytree(folder, out / folder.name)
+    webgpu = out / folder.name / f"{folder.name}-webgpu.wasm"
+    stamp = webgpu.stat().st_mtime_ns
+    again = build_web_model(str(stories_dir), quantization="q0f32", output=out, progress=False, wasm=False)
+    config = json.loads((again / "aae-chat-config.json").read_text())
+    assert set(config["model_lib"]) == {"webgpu"} and set(config["model_lib_key"]) == {"webgpu"}
+    assert not (again / f"{folder.name}-wasm.wasm").exists()
+    assert webgpu.stat().st_mtime_ns == stamp, "the WebGPU library and the weights are reused"
+    entry = json.loads((out / "models.json").read_text())[0]
+    assert entry["model_lib"] == {"webgpu": webgpu.name}
+
+
+DEVICE_JS = """async ({ modelUrl }) => {
+  const aae = await import('/web/dist/index.js');
+  const engine = await aae.CreateEngine('m', { appConfig: { model_list: [{ model_id: 'm', model_url: modelUrl }] }, store: null, logger: () => {} });
+  const r = await engine.completions.create({ prompt: 'Once upon a time', max_tokens: 40, temperature: 0, return_token_ids: true });
+  const out = { gpu: typeof navigator.gpu, device: engine.device, adapter: engine.adapterInfo, ids: [...r.prompt_token_ids, ...r.choices[0].token_ids] };
+  await engine.unload();
+  return out;
+}"""
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_chromium_without_webgpu_answers_through_the_cpu_library(
+    stories_dir: Path, web_models_dir: Path, web_dist: Path, playwright: Any, tmp_path: Path
+) -> None:
+    """Chromium with WebGPU left off (no --enable-unsafe-webgpu): the engine's default device
+    choice loads the CPU library, and the request-level checks and the seeded requests give the
+    native engine's ids, as on WebGPU (test_browser_integration.py)."""
+    from sphere_aae.web import start_server
+    from test_browser_integration import RUN_JS, SEEDED_REQUESTS, SITE, assert_seeded_equal, browser_seeded, native_seeded, quiet_page
+
+    folder = build(stories_dir, "q0f32", web_models_dir)
+    config = json.loads((folder / "aae-chat-config.json").read_text())
+    native = native_seeded(stories_dir, SEEDED_REQUESTS)
+    with start_server(SITE, web_models_dir, web_dist_dir=web_dist) as srv, quiet_page(playwright, srv, None, tmp_path) as (page, errors):
+        model_url = f"{srv.url}/models/{folder.name}/"
+        chosen = page.evaluate(DEVICE_JS, {"modelUrl": model_url})
+        page.add_script_tag(path=str(WEB / "scripts" / "integration-checks.mjs"), type="module")
+        page.wait_for_function("window.aaeIntegrationChecks !== undefined")
+        r = page.evaluate(RUN_JS, {"modelUrl": model_url, "adapterOptions": None, "config": config})
+        seeded = browser_seeded(page, srv, folder, None, SEEDED_REQUESTS)
+    assert chosen["device"] == "wasm", chosen
+    assert chosen["adapter"] == "CPU (WebAssembly)"
+    assert chosen["ids"] == STORIES_REFERENCE_IDS
+    report = "\n".join(r["lines"])
+    print(report)
+    assert r["failures"] == 0, report
+    assert "stories260K reference checks on" in report
+    assert errors == []
+    assert_seeded_equal(SEEDED_REQUESTS, seeded, native)
+
+
+@pytest.mark.slow
+def test_smollm2_q4f32_1_wasm_cpu_ids_equal_native(web_dist: Path, tmp_path: Path) -> None:
+    """A real quantized model (4-bit weights, 30 layers, 49k vocab) on the CPU library: the
+    native engine's ids, although the native one runs the x86 `rows16` kernels and this one the
+    stored layout."""
+    from sphere_aae.artifact import model_lib_name
+    from sphere_aae.compile import compile_model
+    from sphere_aae.pipeline import ensure_model_folder
+
+    src = ensure_model_folder("SmolLM2-135M-Instruct", "q4f32_1", "cpu", progress=False)
+    folder = tmp_path / src.name
+    shutil.copytree(src, folder)
+    cfg_path = folder / "aae-chat-config.json"
+    config = json.loads(cfg_path.read_text())
+    lib = model_lib_name(config["model_id"], "wasm")
+    compile_model(folder, "wasm", folder / lib, progress=False)
+    config["model_lib"] = {"wasm": lib}
+    cfg_path.write_text(json.dumps(config))
+
+    prompt = [504, 3575, 282, 4649, 314]  # "The capital of France is"
+    n = 16
+    native = native_greedy("SmolLM2-135M-Instruct", "q4f32_1", prompt, n)
+    assert native[5:7] == [7042, 30], "native: ' Paris.'"
+    p = _node("scripts/greedy-ids.mjs", "--device", "wasm", str(folder), ",".join(map(str, prompt)), str(n))
+    assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
+    result = json.loads(p.stdout.strip().splitlines()[-1])
+    print(f"[wasm cpu] SmolLM2 q4f32_1 prefill {result['prefill_s']:.2f} s, decode {result['decode_tok_s']:.1f} tok/s in Node")
+    assert result["ids"] == native

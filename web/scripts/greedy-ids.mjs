@@ -1,0 +1,88 @@
+// Greedy token ids of a built model folder through the engine's forward path (TVMBackend +
+// ModelRuntime from dist/index.js: the code the Engine runs), without tokenizer or sampling, so
+// they compare one to one with the native engine's (tests/browser_support.py native_greedy).
+//
+//   node scripts/greedy-ids.mjs [--device wasm|webgpu] <model-folder> <prompt ids, comma-separated> <n>
+//
+// --device wasm (default): the folder's CPU library (model_lib.wasm), no WebGPU. --device webgpu
+// runs on Dawn (npm `webgpu`; set VK_ICD_FILENAMES as integration-node.mjs says).
+// Prints one JSON line: {"device", "ids" (prompt + n generated), "prefill_s", "decode_tok_s"}.
+import { readFile } from "node:fs/promises";
+import { join, resolve } from "node:path";
+import { pathToFileURL } from "node:url";
+
+const args = process.argv.slice(2);
+const deviceAt = args.indexOf("--device");
+const device = deviceAt >= 0 ? args[deviceAt + 1] : "wasm";
+const rest = args.filter((_, i) => deviceAt < 0 || (i !== deviceAt && i !== deviceAt + 1));
+const [folder, promptText, nText] = rest;
+if (!folder || !promptText || !nText || !["webgpu", "wasm"].includes(device)) {
+  console.error("usage: node scripts/greedy-ids.mjs [--device wasm|webgpu] <model-folder> <ids,comma-separated> <n>");
+  process.exit(2);
+}
+const promptIds = promptText.split(",").map(Number);
+const n = Number(nText);
+
+let gpuDevice = null;
+if (device === "webgpu") {
+  const webgpu = await import("webgpu");
+  Object.assign(globalThis, webgpu.globals);
+  const gpu = webgpu.create([]);
+  const adapter = await gpu.requestAdapter();
+  gpuDevice = await adapter.requestDevice({ requiredLimits: { maxStorageBufferBindingSize: adapter.limits.maxStorageBufferBindingSize } });
+}
+const aae = await import(new URL("../dist/index.js", import.meta.url).href);
+
+const fileFetch = async (input) => {
+  try {
+    return new Response(await readFile(new URL(typeof input === "string" ? input : input.url)));
+  } catch {
+    return new Response("not found", { status: 404 });
+  }
+};
+const baseUrl = pathToFileURL(resolve(folder) + "/").href;
+const config = aae.parseChatConfig(JSON.parse(await readFile(join(folder, aae.CHAT_CONFIG_FILE), "utf8")));
+const manifest = aae.parseManifest(JSON.parse(await readFile(join(folder, config.manifest), "utf8")));
+const libFile = config.model_lib[device];
+if (!libFile) {
+  console.error(`${folder}: no model_lib.${device} in its chat config`);
+  process.exit(2);
+}
+const loader = new aae.ArtifactLoader({ store: null, fetch: fileFetch, estimateStorage: null });
+const backend = await aae.TVMBackend.load({
+  wasm: new Uint8Array(await readFile(join(folder, libFile))),
+  wasmUrl: new URL(libFile, baseUrl).href,
+  device: gpuDevice,
+  config,
+  manifest,
+  baseUrl,
+  loader,
+  logger: () => {},
+  onCompileProgress: () => {},
+  maxBatchSize: 1,
+});
+const runtime = new aae.ModelRuntime(backend, {
+  contextWindowSize: config.context_window_size,
+  prefillChunkSize: config.prefill_chunk_size,
+  maxBatchSize: 1,
+  slidingWindowSize: config.sliding_window_size,
+});
+const argmax = (row) => {
+  let best = 0;
+  for (let i = 1; i < row.length; i++) if (row[i] > row[best]) best = i;
+  return best;
+};
+const seq = runtime.addSequence();
+let t = performance.now();
+let logits = await runtime.prefill(seq, promptIds);
+const prefillS = (performance.now() - t) / 1000;
+const out = [];
+t = performance.now();
+for (;;) {
+  out.push(argmax(logits));
+  if (out.length === n) break;
+  logits = (await runtime.decode([seq], [out[out.length - 1]]))[0];
+}
+const decodeS = (performance.now() - t) / 1000;
+backend.dispose();
+console.log(JSON.stringify({ device, ids: [...promptIds, ...out], prefill_s: prefillS, decode_tok_s: n > 1 ? (n - 1) / decodeS : null }));
