@@ -3,7 +3,7 @@
 // worker as-is (no import map, no bundler on the user's side).
 import { build } from "esbuild";
 import { execFileSync } from "node:child_process";
-import { copyFileSync, existsSync, readFileSync, rmSync, writeFileSync, statSync } from "node:fs";
+import { chmodSync, copyFileSync, existsSync, readFileSync, rmSync, writeFileSync, statSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -43,6 +43,36 @@ await build({
   logLevel: "warning",
   plugins: [lazyModules],
 });
+// Node: dist/node.js (CreateNodeEngine, FsStore, the HTTP server) and dist/node-server.js (the
+// aae-web-node CLI). They import the engine from ./index.js rather than bundling a second copy, so
+// the browser bundle stays free of `node:` imports and both share one set of classes.
+const nodeSiblings = {
+  name: "node-siblings",
+  setup(b) {
+    b.onResolve({ filter: /^\.\/(index|node)\.js$/ }, (args) =>
+      args.importer.endsWith(`${args.path.slice(2, -3)}.ts`) ? undefined : { path: args.path, external: true },
+    );
+  },
+};
+for (const [entry, out, banner] of [
+  ["src/node.ts", "node.js", ""],
+  ["src/node_cli.ts", "node-server.js", "#!/usr/bin/env node"],
+]) {
+  await build({
+    entryPoints: [resolve(root, entry)],
+    outfile: resolve(dist, out),
+    bundle: true,
+    format: "esm",
+    platform: "node",
+    target: "node20",
+    packages: "external",
+    sourcemap: "linked",
+    banner: { js: banner },
+    logLevel: "warning",
+    plugins: [nodeSiblings],
+  });
+}
+chmodSync(resolve(dist, "node-server.js"), 0o755);
 for (const [name, { file, from }] of Object.entries(LAZY)) copyFileSync(resolve(root, "node_modules", name, from), resolve(dist, file));
 
 // A ready-made worker script: `new Worker("/web/dist/worker.js", {type: "module"})` needs no code.
@@ -67,4 +97,4 @@ for (const name of [...BUNDLED, ...Object.keys(LAZY)]) {
 writeFileSync(resolve(dist, "THIRD_PARTY_LICENSES.txt"), notices);
 
 const kb = (f) => (statSync(resolve(dist, f)).size / 1024).toFixed(0) + " KiB";
-console.log(`dist/index.js ${kb("index.js")}, dist/worker.js ${kb("worker.js")}`);
+console.log(`dist/index.js ${kb("index.js")}, dist/worker.js ${kb("worker.js")}, dist/node.js ${kb("node.js")}, dist/node-server.js ${kb("node-server.js")}`);

@@ -22,11 +22,11 @@ export {
   type InitProgressCallback,
   type RequestOptions,
 } from "./engine.js";
-export { ModelRuntime, TVMBackend, prefillChunkLength, kvCacheArgs, type ForwardBackend } from "./model_runtime.js";
+export { ModelRuntime, TVMBackend, prefillChunkLength, kvCacheArgs, type ForwardBackend, type LibraryDevice } from "./model_runtime.js";
 export { Scheduler, checkPrompts } from "./scheduler.js";
 export { StopStringMatcher, TextStream } from "./text_stream.js";
 export { GrammarCompiler, GrammarMatcher, checkResponseFormat, type ResponseFormat } from "./structured.js";
-export { describeAdapter } from "./webgpu.js";
+export { describeAdapter, deviceCandidates, type DevicePreference } from "./webgpu.js";
 export {
   CreateWebWorkerEngine,
   WebWorkerEngine,

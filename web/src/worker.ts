@@ -24,6 +24,7 @@ import {
   type InitProgressReport,
   type RequestOptions,
 } from "./engine.js";
+import type { DevicePreference } from "./webgpu.js";
 import { deserializeError, serializeError, type SerializedError } from "./errors.js";
 import type {
   ChatCompletion,
@@ -40,6 +41,8 @@ import type {
 export interface WorkerEngineOptions {
   appConfig?: AppConfig;
   requestAdapterOptions?: GPURequestAdapterOptions;
+  /** EngineConfig.device: "auto" (default), "webgpu", or "wasm" (the model's CPU library). */
+  device?: DevicePreference;
   maxConcurrentDownloads?: number;
   verifyCachedShards?: boolean;
   maxBatchSize?: number;
