@@ -182,11 +182,16 @@ def cmd_web_serve(a: argparse.Namespace) -> int:
 
 
 def cmd_web_bench(a: argparse.Namespace) -> int:
-    from .web.bench import format_web_bench, run_web_bench
+    from .web.bench import format_web_bench, format_web_bench_table, run_web_bench_devices
 
-    r = run_web_bench(a.model, quantization=a.quantization, prompt=a.prompt, max_tokens=a.max_tokens,
-                      output=Path(a.output), adapter=a.adapter, structured=a.structured)
-    print(json.dumps(r) if a.json else format_web_bench(r))
+    devices = list(dict.fromkeys(a.device or ["webgpu"]))
+    rs = run_web_bench_devices(a.model, devices, quantization=a.quantization, prompt=a.prompt, max_tokens=a.max_tokens,
+                               output=Path(a.output), adapter=a.adapter, structured=a.structured)
+    # One device: one object, as always; several: a list of them (and a table with a route column).
+    if a.json:
+        print(json.dumps(rs[0] if len(rs) == 1 else rs))
+    else:
+        print(format_web_bench(rs[0]) if len(rs) == 1 else format_web_bench_table(rs))
     return 0
 
 
@@ -206,12 +211,15 @@ def _web_parsers(sub: argparse._SubParsersAction, prefix: str) -> None:
     p.add_argument("--port", type=int, default=8080)
     p.set_defaults(func=cmd_web_serve)
 
-    p = sub.add_parser(f"{prefix}bench", help="benchmark a model in headless Chromium on WebGPU")
+    p = sub.add_parser(f"{prefix}bench", help="benchmark a model in headless Chromium on WebGPU or its CPU library")
     _add_model_args(p, model_default=DEFAULT_MODEL)
     p.add_argument("--prompt", default="Write a short poem about the sea.")
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("-o", "--output", default="dist")
-    p.add_argument("--adapter", choices=["swiftshader", "lavapipe"], default="swiftshader")
+    p.add_argument("--adapter", choices=["swiftshader", "lavapipe"], default="swiftshader", help="the WebGPU route (device webgpu)")
+    p.add_argument("--device", choices=["webgpu", "wasm"], action="append",
+                   help="webgpu (default): the WebGPU library on --adapter; wasm: the CPU library (model_lib.wasm) in a "
+                        "Chromium without WebGPU. Repeat it to measure several in one run (a table; --json: a list)")
     p.add_argument("--structured", action="store_true", help="also measure the structured-output grammar's cost per token")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_web_bench)

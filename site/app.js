@@ -6,7 +6,8 @@
 //   ?device=wasm     run on the CPU library even where WebGPU works (?device=webgpu: never the CPU)
 // document.body.dataset.state is idle | loading | ready | generating | error, and window.aae
 // exposes the engine and chat state (window.aae.lastAnswer: the last reply's text, token ids,
-// prompt token ids, finish reason and usage, for automation and debugging).
+// prompt token ids, finish reason and usage, for automation and debugging; window.aae.device:
+// where the loaded model runs, "webgpu" or "wasm" (the CPU library), also shown after loading).
 import {
   WebWorkerEngine,
   hasModelInCache,
@@ -24,6 +25,8 @@ const state = {
   messages: [],
   generating: false,
   lastAnswer: null,
+  device: null,
+  adapter: null,
 };
 window.aae = state;
 
@@ -135,7 +138,14 @@ async function loadModelList() {
 
 function onProgress(report) {
   $("progress").value = report.progress;
-  $("progress-text").textContent = report.text;
+  let text = report.text;
+  if (report.phase === "ready" && report.device) {
+    // The engine says where the model runs: WebGPU, or its CPU library where WebGPU cannot.
+    state.device = report.device;
+    state.adapter = report.adapter ?? null;
+    text += report.device === "wasm" ? " · running on the CPU (WebAssembly, slower than WebGPU)" : ` · running on WebGPU (${report.adapter || "GPU"})`;
+  }
+  $("progress-text").textContent = text;
 }
 
 async function loadSelected() {
@@ -144,6 +154,8 @@ async function loadSelected() {
   setState("loading");
   showStatus("");
   $("progress").value = 0;
+  state.device = null;
+  state.adapter = null;
   try {
     if (!state.engine) {
       state.worker = new Worker(new URL("./worker.js", import.meta.url), { type: "module" });

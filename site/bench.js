@@ -1,8 +1,9 @@
 // Benchmark page: loads a model with the in-page engine and times load, prefill and decode.
 //
 // `aae-web bench` drives it step by step through window.aaeBench (so it can read the server's
-// access log between steps); opened by hand, `bench.html?model=<id>[&adapter=compat][&max_tokens=N]
-// [&prompt=...]` runs every step and prints the result.
+// access log between steps); opened by hand, `bench.html?model=<id>[&adapter=compat][&device=wasm]
+// [&max_tokens=N][&prompt=...]` runs every step and prints the result. device: the engine's
+// EngineConfig.device ("wasm": the model's CPU library, "webgpu", default "auto").
 //
 // The engine runs on the page's thread, not in a worker: a benchmark page has no UI to keep
 // responsive, and the adapter description is read straight from the engine.
@@ -16,7 +17,7 @@ const bench = {
   log: [],
 
   /** Create the engine for `modelId` (listed in /models/models.json). */
-  async configure({ modelId, requestAdapterOptions = null }) {
+  async configure({ modelId, requestAdapterOptions = null, device = null }) {
     const resp = await fetch(MODELS_JSON, { cache: "no-store" });
     if (!resp.ok) throw new Error(`${MODELS_JSON}: HTTP ${resp.status}`);
     const models = await resp.json();
@@ -28,6 +29,7 @@ const bench = {
     }
     const config = { appConfig: { model_list }, logger: (m) => this.log.push(m) };
     if (requestAdapterOptions) config.requestAdapterOptions = requestAdapterOptions;
+    if (device) config.device = device;
     this.engine = new Engine(config);
     this.modelId = modelId;
     return { userAgent: navigator.userAgent };
@@ -38,7 +40,7 @@ const bench = {
     if (this.engine.modelId) await this.engine.unload();
     const t0 = performance.now();
     await this.engine.reload(this.modelId);
-    return { seconds: (performance.now() - t0) / 1000, adapter: this.engine.adapterInfo ?? "" };
+    return { seconds: (performance.now() - t0) / 1000, adapter: this.engine.adapterInfo ?? "", device: this.engine.device ?? "" };
   },
 
   /**
@@ -115,14 +117,18 @@ async function runFromUrl() {
   const out = document.getElementById("out");
   const modelId = params.get("model");
   if (!modelId) {
-    out.textContent = "Pass ?model=<model id> (see /models/models.json); &adapter=compat for a compatibility-mode adapter.";
+    out.textContent = "Pass ?model=<model id> (see /models/models.json); &adapter=compat for a compatibility-mode adapter; &device=wasm for the CPU library.";
     return;
   }
   const say = (line) => (out.textContent += line + "\n");
   try {
-    await bench.configure({ modelId, requestAdapterOptions: params.get("adapter") === "compat" ? { featureLevel: "compatibility" } : null });
+    await bench.configure({
+      modelId,
+      requestAdapterOptions: params.get("adapter") === "compat" ? { featureLevel: "compatibility" } : null,
+      device: params.get("device"),
+    });
     const cold = await bench.load();
-    say(`load ${cold.seconds.toFixed(2)} s on ${cold.adapter}`);
+    say(`load ${cold.seconds.toFixed(2)} s on ${cold.device}: ${cold.adapter}`);
     const warm = await bench.load();
     say(`second load ${warm.seconds.toFixed(2)} s`);
     const prompt = params.get("prompt") || "Write a short poem about the sea.";

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from browser_support import WEB, build, native_greedy, playwright, web_dist, web_models_dir  # noqa: F401  (fixtures)
-from conftest import STORIES_REFERENCE_IDS
+from browser_support import WEB, build, load_in_site, native_greedy, playwright, site_url, web_dist, web_models_dir  # noqa: F401  (fixtures)
+from conftest import STORIES_REFERENCE_IDS, STORIES_REFERENCE_TEXT
 
 
 def test_wasm_target_and_library_name() -> None:
@@ -123,6 +123,42 @@ def test_chromium_without_webgpu_answers_through_the_cpu_library(
     assert "stories260K reference checks on" in report
     assert errors == []
     assert_seeded_equal(SEEDED_REQUESTS, seeded, native)
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_chat_page_without_webgpu_answers_through_the_cpu_library(
+    stories_dir: Path, web_models_dir: Path, web_dist: Path, playwright: Any, tmp_path: Path
+) -> None:
+    """The demo chat page (site/) in Chromium with WebGPU off: it says there is no WebGPU, loads
+    the model's CPU library, says so once ready, and a greedy chat turn gives the native engine's ids."""
+    from sphere_aae.web import browser, start_server
+    from test_browser_models import STORY_PROMPT, STORY_TOKENS, _page, _send_chat
+
+    folder = build(stories_dir, "q0f32", web_models_dir)
+    model_id = json.loads((folder / "aae-chat-config.json").read_text())["model_id"]
+    native = native_greedy(str(stories_dir), "q0f32", STORIES_REFERENCE_IDS[:5], STORY_TOKENS)
+    assert native == STORIES_REFERENCE_IDS, "the native engine drifted from the fixture's reference"
+    with start_server(WEB.parent / "site", web_models_dir, web_dist_dir=web_dist) as srv:
+        ctx = browser.launch(playwright, tmp_path / "profile", None)  # no --enable-unsafe-webgpu
+        try:
+            page, errors = _page(ctx)
+            page.goto(f"{srv.url}/")
+            has_adapter = page.evaluate("navigator.gpu ? navigator.gpu.requestAdapter().then(a => !!a) : false")
+            assert not has_adapter, "this Chromium offers WebGPU without --enable-unsafe-webgpu: the test needs it off"
+            load_in_site(page, site_url(srv, model_id, None))  # type: ignore[arg-type]  (None: no adapter options)
+            where = page.evaluate("({ device: window.aae.device, adapter: window.aae.adapter, text: document.querySelector('#progress-text').textContent })")
+            _send_chat(page, STORY_PROMPT, max_tokens=STORY_TOKENS, timeout_s=300)
+            answer = page.evaluate("window.aae.lastAnswer")
+            bubble = page.eval_on_selector(".msg.assistant", "el => el.firstChild.textContent")
+            assert errors == []
+        finally:
+            ctx.close()
+    assert where["device"] == "wasm" and where["adapter"] == "CPU (WebAssembly)", where
+    assert "running on the CPU" in where["text"], where
+    assert answer["promptIds"] + answer["ids"] == native
+    assert answer["finish"] == "length"
+    assert STORY_PROMPT + bubble == STORIES_REFERENCE_TEXT
 
 
 @pytest.mark.slow

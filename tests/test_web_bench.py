@@ -68,3 +68,39 @@ def test_cli_json_on_stories260k(stories_dir: Path, web_models_dir: Path, web_di
     assert so["tokens"] > 1 and so["grammar_ms_per_token"] > 0
     assert so["share_of_step"] == pytest.approx(so["grammar_ms_per_token"] / so["decode_ms_per_token"])
     assert "the grammar costs" in text
+
+
+def test_cli_wasm_beside_webgpu_on_stories260k(stories_dir: Path, web_models_dir: Path, web_dist: Path, webgpu_route: str) -> None:
+    """`--device wasm --device webgpu`: the CPU library (in a Chromium without WebGPU) and the
+    WebGPU route in one run, one result each in the same shape, both the reference ids."""
+    from sphere_aae.web.bench import format_web_bench_table
+
+    cmd = [
+        sys.executable, "-m", "sphere_aae", "web-bench", str(stories_dir), "-q", "q0f32",
+        "--prompt", "Once upon a time", "--max-tokens", "40", "--adapter", webgpu_route,
+        "--device", "wasm", "--device", "webgpu", "-o", str(web_models_dir), "--json",
+    ]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-4000:]
+    rs: list[dict[str, Any]] = json.loads(p.stdout)
+    assert [r["device"] for r in rs] == ["wasm", "webgpu"]
+    assert [r["adapter_route"] for r in rs] == ["wasm", webgpu_route]
+    cpu, gpu = rs
+    assert set(cpu) == set(gpu), "the same fields for every device"
+    for r in rs:
+        assert set(REQUIRED) <= set(r), sorted(set(REQUIRED) - set(r))
+        assert r["ids"] == STORIES_REFERENCE_IDS, r["adapter_route"]
+        for k in ("load_s", "warm_load_s", "ttft_s", "prefill_tok_s", "decode_tok_s"):
+            assert isinstance(r[k], (int, float)) and 0 < r[k] < 1e6, (r["adapter_route"], k, r[k])
+        assert r["warm_fetched_requests"] == 0
+    assert cpu["adapter"] == "CPU (WebAssembly)"
+    folder = web_models_dir / cpu["model"]
+    assert cpu["wasm_bytes"] == (folder / f"{cpu['model']}-wasm.wasm").stat().st_size
+    assert gpu["wasm_bytes"] == (folder / f"{gpu['model']}-webgpu.wasm").stat().st_size
+    # Only the CPU library was downloaded on the wasm route, never the WebGPU one.
+    assert cpu["weights_bytes"] + cpu["wasm_bytes"] <= cpu["cold_fetched_bytes"] < cpu["weights_bytes"] + cpu["wasm_bytes"] + gpu["wasm_bytes"]
+
+    table = format_web_bench_table(rs)
+    assert "route" in table.splitlines()[3] and "decode tok/s" in table
+    assert any(line.startswith("wasm ") for line in table.splitlines())
+    assert STORIES_REFERENCE_TEXT in table

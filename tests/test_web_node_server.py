@@ -12,6 +12,9 @@ compile the kernels, a few tokens per second), too slow for bigger models in a t
 (b) the file cache: a shard corrupted on disk (bytes flipped, size kept) is detected when the
     server starts again, dropped, fetched again and rewritten (GET /health's cache counters and
     load figures, the log line, the file's bytes), and the answers stay the same.
+
+And `--device wasm` on SmolLM2-135M-Instruct q4f32_1: the CPU library, fast enough for a real
+model (seconds), with npm `webgpu` made unimportable; greedy ids equal the native engine's.
 """
 
 from __future__ import annotations
@@ -50,14 +53,14 @@ def _free_port() -> int:
 class NodeServer:
     """dist/node-server.js on a model folder, as a subprocess, logs to files."""
 
-    def __init__(self, folder: Path, cache_dir: Path, logs: Path) -> None:
+    def __init__(self, folder: Path, cache_dir: Path, logs: Path, args: tuple[str, ...] = (), node_args: tuple[str, ...] = ()) -> None:
         node = shutil.which("node")
         assert node, "node is needed"
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.out, self.err = logs.with_suffix(".out"), logs.with_suffix(".err")
         env = {**os.environ, "VK_ICD_FILENAMES": str(SWIFTSHADER_ICD)}
-        cmd = [node, str(WEB / "dist" / "node-server.js"), str(folder), "--port", str(self.port), "--cache-dir", str(cache_dir)]
+        cmd = [node, *node_args, str(WEB / "dist" / "node-server.js"), str(folder), "--port", str(self.port), "--cache-dir", str(cache_dir), *args]
         with self.out.open("w") as out, self.err.open("w") as err:
             self.proc = subprocess.Popen(cmd, cwd=WEB, env=env, stdout=out, stderr=err)
         deadline = time.monotonic() + 600
@@ -84,8 +87,8 @@ class NodeServer:
 
 
 @contextmanager
-def _serve(folder: Path, cache_dir: Path, logs: Path) -> Iterator[NodeServer]:
-    srv = NodeServer(folder, cache_dir, logs)
+def _serve(folder: Path, cache_dir: Path, logs: Path, args: tuple[str, ...] = (), node_args: tuple[str, ...] = ()) -> Iterator[NodeServer]:
+    srv = NodeServer(folder, cache_dir, logs, args, node_args)
     try:
         yield srv
     finally:
@@ -177,3 +180,43 @@ def test_node_server_with_openai_clients_and_file_cache(stories_dir: Path, web_m
         assert cached[0].read_bytes() == (folder / shard["file"]).read_bytes(), "the cache file is rewritten with the good bytes"
         second = _python_client_ids(srv, model)
     assert [r["ids"] for r in second] == [r["ids"] for r in native]
+
+
+# A Node resolve hook that refuses npm `webgpu`: the server must start without ever importing Dawn.
+NO_DAWN_HOOKS = """export async function resolve(specifier, context, next) {
+  if (specifier === "webgpu") throw new Error("npm webgpu (Dawn) must not be loaded with --device wasm");
+  return next(specifier, context);
+}
+"""
+
+
+def test_node_server_smollm2_on_the_cpu_library_without_dawn(web_models_dir: Path, web_dist: Path, tmp_path: Path) -> None:
+    """`aae-web-node --device wasm` on SmolLM2-135M-Instruct q4f32_1: the model's CPU library
+    (model_lib.wasm), with npm `webgpu` made unimportable, answers the Python openai client with
+    the native engine's greedy ids."""
+    from openai import OpenAI
+
+    from sphere_aae.engine import SphereAaeEngine
+
+    folder = Path(shutil.copytree(build("SmolLM2-135M-Instruct", "q4f32_1", web_models_dir), tmp_path / "SmolLM2-135M-Instruct-q4f32_1"))
+    model = json.loads((folder / "aae-chat-config.json").read_text())["model_id"]
+    body = {"prompt": "The capital of France is", "max_tokens": 8, "temperature": 0}
+    with SphereAaeEngine("SmolLM2-135M-Instruct", quantization="q4f32_1") as engine:
+        r = engine.completions.create(**body, return_token_ids=True)
+        native = {"prompt": r.prompt_token_ids, "ids": r.choices[0].token_ids, "text": r.choices[0].text}
+
+    (tmp_path / "hooks.mjs").write_text(NO_DAWN_HOOKS)
+    (tmp_path / "no-dawn.mjs").write_text(
+        'import { register } from "node:module";\nregister(new URL("./hooks.mjs", import.meta.url));\n'
+    )
+    no_dawn = ("--import", (tmp_path / "no-dawn.mjs").as_uri())
+    with _serve(folder, tmp_path / "cache", tmp_path / "wasm", ("--device", "wasm"), no_dawn) as srv:
+        health = srv.get("/health")
+        assert health["device"] == "wasm" and health["adapter"] == "CPU (WebAssembly)", health
+        client = OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=600)
+        r = client.completions.create(model=model, extra_body={"return_token_ids": True}, **body).model_dump()
+        got = {"prompt": r["prompt_token_ids"], "ids": r["choices"][0]["token_ids"], "text": r["choices"][0]["text"]}
+        assert "Dawn" not in srv.err.read_text(), srv.logs()
+    print(f"[node wasm] SmolLM2 q4f32_1: {got['text']!r}")
+    assert got == native, (got, native)
+    assert len(got["ids"]) == 8

@@ -1,4 +1,5 @@
-"""`aae-web bench`: the browser engine's speed, measured in headless Chromium on WebGPU.
+"""`aae-web bench`: the browser engine's speed, measured in headless Chromium on WebGPU, or on the
+model's CPU library (`--device wasm`: model_lib.wasm, in a Chromium with WebGPU off).
 
 Steps (each timed in the page, see site/bench.js):
 
@@ -13,8 +14,12 @@ Steps (each timed in the page, see site/bench.js):
 
 Reported: load_s, warm_load_s, ttft_s (request -> first token, prefill included), prefill_tok_s,
 decode_tok_s (the engine's own counters), first_request_ttft_s (the warm-up's, kernel compiles
-included), the text and ids, the adapter description, and the sizes a user downloads
-(wasm_bytes, weights_bytes, engine_js_bytes).
+included), the text and ids, the device ("webgpu" or "wasm"), the route (`adapter_route`: the
+WebGPU adapter route, or "wasm") and the adapter description, and the sizes a user downloads
+(wasm_bytes: the library of that device, weights_bytes, engine_js_bytes).
+
+Several devices in one run (`--device wasm --device webgpu`): one result per route, in order
+(run_web_bench_devices), and a table with a route column (format_web_bench_table).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .. import artifact
 from . import browser
@@ -33,6 +38,8 @@ from .build import MODELS_LIST, build_web_model
 from .server import start_server
 
 DEFAULT_PROMPT = "Write a short poem about the sea."
+Device = Literal["webgpu", "wasm"]
+DEVICES: tuple[Device, ...] = ("webgpu", "wasm")
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -70,8 +77,14 @@ def run_web_bench(
     timeout_s: float = 3600.0,
     progress: bool = True,
     structured: bool = False,
+    device: Device = "webgpu",
 ) -> dict[str, Any]:
-    """Build (if needed), serve and benchmark MODEL in headless Chromium; returns the figures."""
+    """Build (if needed), serve and benchmark MODEL in headless Chromium; returns the figures.
+
+    device "webgpu": the WebGPU library on `adapter`'s route; "wasm": the CPU library, in a Chromium
+    launched without WebGPU (the engine asked for device "wasm"; `adapter` is not used)."""
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
     if adapter not in browser.ADAPTERS:
         raise ValueError(f"unknown adapter {adapter!r}; choose one of {', '.join(browser.ADAPTERS)}")
     if max_tokens < 1:
@@ -80,7 +93,10 @@ def run_web_bench(
     config = artifact.read_chat_config(folder)
     manifest = artifact.read_manifest(folder)
     model_id = config["model_id"]
-    wasm = folder / config["model_lib"]["webgpu"]
+    if device not in config["model_lib"]:
+        raise ValueError(f"{folder} has no {device} library (model_lib lists {', '.join(config['model_lib'])}); rebuild it with aae-web build")
+    wasm = folder / config["model_lib"][device]
+    route = adapter if device == "webgpu" else "wasm"
     engine_js = REPO / "web" / "dist" / "index.js"
     if not engine_js.is_file():
         raise FileNotFoundError(f"{engine_js} is missing: build the web package (cd web && npm ci && npm run build)")
@@ -91,7 +107,7 @@ def run_web_bench(
     models_prefix = f"/models/{folder.name}/"
     try:
         with start_server(REPO / "site", models_dir, web_dist_dir=engine_js.parent) as srv, browser.sync_playwright() as p:
-            ctx = browser.launch(p, profile, adapter)
+            ctx = browser.launch(p, profile, adapter if device == "webgpu" else None)
             try:
                 page = ctx.new_page()
                 page.set_default_timeout(timeout_ms)
@@ -101,14 +117,20 @@ def run_web_bench(
                 page.wait_for_function("window.aaeBench !== undefined")
                 env = page.evaluate(
                     "o => window.aaeBench.configure(o)",
-                    {"modelId": model_id, "requestAdapterOptions": browser.request_adapter_options(adapter)},
+                    {
+                        "modelId": model_id,
+                        "requestAdapterOptions": browser.request_adapter_options(adapter) if device == "webgpu" else None,
+                        "device": device,
+                    },
                 )
 
-                say(f"cold load of {model_id} on {adapter}")
+                say(f"cold load of {model_id} on {route}")
                 srv.access_log.clear()
                 cold = page.evaluate("() => window.aaeBench.load()")
                 cold_req, cold_bytes = _fetched(srv, models_prefix)
-                say(f"cold load {cold['seconds']:.1f} s ({cold_bytes / 1e6:.1f} MB fetched) on {cold['adapter']}")
+                say(f"cold load {cold['seconds']:.1f} s ({cold_bytes / 1e6:.1f} MB fetched) on {cold['device']}: {cold['adapter']}")
+                if cold["device"] != device:
+                    raise RuntimeError(f"the engine loaded {model_id} on {cold['device']!r}, not {device!r}")
 
                 srv.access_log.clear()
                 warm = page.evaluate("() => window.aaeBench.load()")
@@ -139,7 +161,8 @@ def run_web_bench(
     return {
         "model": model_id,
         "quantization": config["quantization"],
-        "adapter_route": adapter,
+        "device": cold["device"],
+        "adapter_route": route,
         "adapter": cold["adapter"],
         "user_agent": env["userAgent"],
         "prompt": prompt,
@@ -180,9 +203,10 @@ def format_web_bench(r: dict[str, Any]) -> str:
     secs = lambda s: "n/a" if s is None else f"{s:.2f} s"  # noqa: E731
     lines = [
         f"model            {r['model']} ({r['quantization']})",
+        f"device           {r['device']}",
         f"adapter          {r['adapter_route']}: {r['adapter']}",
         f"browser          {r['user_agent']}",
-        f"download         wasm {mb(r['wasm_bytes'])}, weights {mb(r['weights_bytes'])} in {r['num_shards']} shards, "
+        f"download         {r['device']} library {mb(r['wasm_bytes'])}, weights {mb(r['weights_bytes'])} in {r['num_shards']} shards, "
         f"engine JS {mb(r['engine_js_bytes'])}",
         f"load, cold       {secs(r['load_s'])}  (empty cache; fetched {mb(r['cold_fetched_bytes'])})",
         f"load, warm       {secs(r['warm_load_s'])}  (from the browser cache; fetched {r['warm_fetched_requests']} model files)",
@@ -201,3 +225,43 @@ def format_web_bench(r: dict[str, Any]) -> str:
         f"{r['prompt']}{r['text']}",
     ]
     return "\n".join(lines)
+
+
+def run_web_bench_devices(model: str, devices: list[Device], **kwargs: Any) -> list[dict[str, Any]]:
+    """run_web_bench once per device (in order) on one model folder: built (or reused) by the first run."""
+    if not devices:
+        raise ValueError("no device to benchmark")
+    results: list[dict[str, Any]] = []
+    for device in devices:
+        r = run_web_bench(model, device=device, **kwargs)
+        if not results and not (Path(model) / artifact.CHAT_CONFIG).is_file():
+            # The later runs take the folder the first one built (no second freshness check).
+            model = str(Path(kwargs.get("output", Path("dist"))) / r["model"])
+        results.append(r)
+    return results
+
+
+def format_web_bench_table(results: list[dict[str, Any]]) -> str:
+    """Several runs of run_web_bench side by side: one row per route, then each run's text."""
+    head = ["route", "device", "cold load", "warm load", "first token", "prefill tok/s", "decode tok/s", "library"]
+    rows = [
+        [
+            r["adapter_route"], r["device"], f"{r['load_s']:.2f} s", f"{r['warm_load_s']:.2f} s", f"{r['ttft_s']:.2f} s",
+            f"{r['prefill_tok_s']:.2f}", f"{r['decode_tok_s']:.2f}", f"{r['wasm_bytes'] / 1e6:.1f} MB",
+        ]
+        for r in results
+    ]
+    widths = [max(len(x) for x in col) for col in zip(head, *rows)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    first = results[0]
+    out = [
+        f"model    {first['model']} ({first['quantization']}), {first['prompt_tokens']} prompt tokens, {first['completion_tokens']} new tokens",
+        f"browser  {first['user_agent']}",
+        "",
+        line(head),
+        *(line(row) for row in rows),
+        "",
+    ]
+    for r in results:
+        out += [f"[{r['adapter_route']}] adapter: {r['adapter']}", f"[{r['adapter_route']}] {r['prompt']}{r['text']}"]
+    return "\n".join(out)

@@ -95,6 +95,9 @@ export interface InitProgressReport {
   loadedShards: number;
   totalShards: number;
   cachedBytes: number;
+  /** On the "ready" report only: where the model runs ("webgpu", or "wasm": its CPU library) and on which adapter. */
+  device?: LibraryDevice;
+  adapter?: string;
 }
 export type InitProgressCallback = (report: InitProgressReport) => void;
 
@@ -374,7 +377,7 @@ export class Engine implements EngineInterface {
       }
       this.installModel({ modelId, config, tokenizer, template, backend, tokenizerJson });
       this.libraryDevice = libDevice;
-      report("ready", 1, `Ready: ${modelId}`, lastDownload);
+      report("ready", 1, `Ready: ${modelId}`, lastDownload, { device: libDevice, adapter: this.adapterDescription ?? "" });
     } catch (e) {
       // Do not keep a device (and whatever it allocated) for a model that failed to load.
       if (ownedDevice && !this.active) ownedDevice.destroy();
@@ -385,8 +388,10 @@ export class Engine implements EngineInterface {
   }
 
   /** Load progress as InitProgressReports: downloading is most of a first load, compiling kernels the rest. */
-  private progressReporter(started: number): (phase: LoadPhase, fraction: number, text: string, p?: Partial<LoadProgress>) => void {
-    return (phase, fraction, text, p) => {
+  private progressReporter(
+    started: number,
+  ): (phase: LoadPhase, fraction: number, text: string, p?: Partial<LoadProgress>, where?: { device: LibraryDevice; adapter: string }) => void {
+    return (phase, fraction, text, p, where) => {
       const overall = phase === "download" ? 0.9 * fraction : phase === "compile" ? 0.9 + 0.1 * fraction : 1;
       this.progressCallback?.({
         progress: overall,
@@ -398,6 +403,7 @@ export class Engine implements EngineInterface {
         loadedShards: p?.loadedShards ?? 0,
         totalShards: p?.totalShards ?? 0,
         cachedBytes: p?.cachedBytes ?? 0,
+        ...where,
       });
     };
   }

@@ -1,7 +1,8 @@
 /**
  * The engine under Node (`import { CreateNodeEngine } from "@astro/aae-web/node"`): the same
- * Engine as in a page, with WebGPU from Dawn (npm `webgpu`), a fetch that also reads local
- * folders, and model files cached in a directory (FsStore) instead of the Cache API.
+ * Engine as in a page, with WebGPU from Dawn (npm `webgpu`) or the model's CPU library (wasm, no
+ * Dawn needed), a fetch that also reads local folders, and model files cached in a directory
+ * (FsStore) instead of the Cache API.
  *
  * Built to dist/node.js, which imports the engine from dist/index.js (one copy of every class, so
  * `instanceof` on errors works across both); never imported by the browser bundle.
@@ -11,7 +12,7 @@ import { mkdir, open, readFile, readdir, rename, unlink } from "node:fs/promises
 import { homedir } from "node:os";
 import { join, resolve } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
-import { CreateEngine, WebGPUNotAvailableError, type ByteStore, type Engine, type EngineConfig, type EntryMeta } from "./index.js";
+import { CreateEngine, WebGPUNotAvailableError, type ByteStore, type DevicePreference, type Engine, type EngineConfig, type EntryMeta } from "./index.js";
 
 export type { Engine, EngineConfig, InitProgressReport } from "./index.js";
 
@@ -280,6 +281,23 @@ export async function nodeGPU(options?: string[]): Promise<GPU> {
   return webgpu.create(options ?? (process.env["AAE_DAWN_OPTIONS"] ?? "").split(",").filter(Boolean));
 }
 
+/**
+ * The WebGPU entry point CreateNodeEngine hands the engine for `device`: "wasm" loads nothing (the
+ * CPU library needs no Dawn); "webgpu" loads Dawn and fails if it cannot; "auto" loads Dawn when it
+ * is installed and otherwise runs without WebGPU (`missing` says why), so the engine picks the
+ * model's CPU library. A Dawn without an adapter is the engine's to handle: under "auto" it too
+ * falls back to the CPU library (deviceCandidates / isWebGPUFallbackReason).
+ */
+export async function nodeGPUFor(device: DevicePreference, load: () => Promise<GPU> = nodeGPU): Promise<{ gpu: GPU | undefined; missing?: Error }> {
+  if (device === "wasm") return { gpu: undefined };
+  if (device === "webgpu") return { gpu: await load() };
+  try {
+    return { gpu: await load() };
+  } catch (e) {
+    return { gpu: undefined, missing: e as Error };
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // CreateNodeEngine
 
@@ -298,6 +316,9 @@ export interface NodeEngineConfig extends EngineConfig {
  * (whose model_url may be a local path), or, without an appConfig, the model folder itself:
  * a path, a file: URL or an http(s) URL; its id is then the chat config's model_id.
  * Defaults: `gpu` from Dawn (nodeGPU), `fetch` nodeFetch, `store` an FsStore in `cacheDir`.
+ * `device` (EngineConfig): "wasm" runs the model's CPU library and never loads Dawn; "webgpu"
+ * needs Dawn; "auto" (default) uses Dawn when it is installed and gives an adapter able to run
+ * the model, else the CPU library (nodeGPUFor).
  */
 export async function CreateNodeEngine(model: string, config: NodeEngineConfig = {}): Promise<Engine> {
   const { cacheDir, dawnOptions, ...engineConfig } = config;
@@ -315,11 +336,14 @@ export async function CreateNodeEngine(model: string, config: NodeEngineConfig =
     modelId = await folderModelId(url, fetchImpl);
     appConfig = { model_list: [{ model_id: modelId, model_url: url }] };
   }
-  const gpu = config.gpu ?? (await nodeGPU(dawnOptions));
+  const { gpu, missing } = config.gpu ? { gpu: config.gpu, missing: undefined } : await nodeGPUFor(config.device ?? "auto", () => nodeGPU(dawnOptions));
+  if (missing) (config.logger ?? ((m: string) => console.log(`[aae] ${m}`)))(`no WebGPU (${missing.message}); the CPU library (wasm) can run the model`);
   const store = config.store !== undefined ? config.store : cacheDir === null ? null : new FsStore(cacheDir ?? defaultCacheDir());
   try {
-    return await CreateEngine(modelId, { ...engineConfig, appConfig, gpu, store, fetch: fetchImpl });
+    return await CreateEngine(modelId, { ...engineConfig, appConfig, ...(gpu ? { gpu } : {}), store, fetch: fetchImpl });
   } catch (e) {
+    // "auto" without Dawn on a model without a CPU library: say that Dawn is missing.
+    if (missing && (e as { name?: string }).name === "WebGPUNotAvailableError") throw missing;
     if ((e as { name?: string }).name === "WebGPUNotAvailableError") {
       throw new WebGPUNotAvailableError(`${(e as Error).message} ${NO_ADAPTER_HINT}`, { vkIcdFilenames: process.env["VK_ICD_FILENAMES"] ?? null }, { cause: e });
     }

@@ -1,23 +1,42 @@
 /**
  * `aae-web-node` (dist/node-server.js): serve a model folder over an OpenAI-compatible HTTP API
- * from Node, on Dawn's WebGPU.
+ * from Node, on Dawn's WebGPU or on the model's CPU library.
  *
  *   node dist/node-server.js <model-folder-or-url> [--port 8000] [--host 127.0.0.1]
- *                            [--cache-dir DIR | --no-cache] [--max-batch-size N] [--quiet]
+ *                            [--device auto|webgpu|wasm] [--cache-dir DIR | --no-cache]
+ *                            [--max-batch-size N] [--quiet]
+ *
+ * --device: auto (default) runs on Dawn (npm `webgpu`) when it is installed and has an adapter
+ * able to run the model, else on the CPU library (model_lib.wasm); webgpu only Dawn; wasm only the
+ * CPU library (Dawn is never loaded).
  *
  * Prints `Serving <model> on http://HOST:PORT/v1 (OpenAI-compatible)` once ready (stdout); logs
- * go to stderr. GET /health also reports the file cache (`cache`: directory, hits, misses, writes,
+ * go to stderr. GET /health also reports the device ("webgpu" or "wasm") and adapter, the file cache (`cache`: directory, hits, misses, writes,
  * deletes) and the last load (`load`: shard bytes total and from the cache).
  */
+import type { DevicePreference } from "./index.js";
 import { CreateNodeEngine, FsStore, defaultCacheDir, serve, type InitProgressReport } from "./node.js";
 
 const USAGE =
-  "usage: aae-web-node <model-folder-or-url> [--port N] [--host H] [--cache-dir DIR | --no-cache] [--max-batch-size N] [--quiet]";
+  "usage: aae-web-node <model-folder-or-url> [--port N] [--host H] [--device auto|webgpu|wasm] [--cache-dir DIR | --no-cache] [--max-batch-size N] [--quiet]";
 
-function parseArgs(argv: string[]): { model: string; port: number; host: string; cacheDir: string | null; maxBatchSize?: number; quiet: boolean } {
-  const out: { model?: string; port: number; host: string; cacheDir: string | null; maxBatchSize?: number; quiet: boolean } = {
+const DEVICES: readonly DevicePreference[] = ["auto", "webgpu", "wasm"];
+
+interface Args {
+  model: string;
+  port: number;
+  host: string;
+  device: DevicePreference;
+  cacheDir: string | null;
+  maxBatchSize?: number;
+  quiet: boolean;
+}
+
+function parseArgs(argv: string[]): Args {
+  const out: Omit<Args, "model"> & { model?: string } = {
     port: 8000,
     host: "127.0.0.1",
+    device: "auto",
     cacheDir: defaultCacheDir(),
     quiet: false,
   };
@@ -37,6 +56,11 @@ function parseArgs(argv: string[]): { model: string; port: number; host: string;
     const take = (): string => inline ?? value(i++, flag);
     if (flag === "--port") out.port = int(take(), flag);
     else if (flag === "--host") out.host = take();
+    else if (flag === "--device") {
+      const d = take();
+      if (!(DEVICES as readonly string[]).includes(d)) throw new Error(`--device must be one of ${DEVICES.join(", ")}, got ${d}`);
+      out.device = d as DevicePreference;
+    }
     else if (flag === "--cache-dir") out.cacheDir = take();
     else if (flag === "--no-cache") out.cacheDir = null;
     else if (flag === "--max-batch-size") out.maxBatchSize = int(take(), flag);
@@ -68,6 +92,7 @@ async function main(): Promise<void> {
   let lastPhase = "";
   const engine = await CreateNodeEngine(args.model, {
     store,
+    device: args.device,
     logger: log,
     ...(args.maxBatchSize ? { maxBatchSize: args.maxBatchSize } : {}),
     initProgressCallback: (r) => {
@@ -88,11 +113,13 @@ async function main(): Promise<void> {
     port: args.port,
     logger: log,
     healthInfo: () => ({
+      device: engine.device ?? null,
       adapter: engine.adapterInfo ?? null,
       cache: store ? { dir: store.dir, ...store.stats } : null,
       load,
     }),
   });
+  log(`running on ${engine.device === "wasm" ? "the CPU library (wasm)" : "WebGPU"}: ${engine.adapterInfo ?? ""}`);
   console.log(`Serving ${engine.modelId} on ${running.url}/v1 (OpenAI-compatible)`);
   const stop = async (signal: string) => {
     log(`${signal}: shutting down`);

@@ -9,7 +9,7 @@ import { pathToFileURL } from "node:url";
 import { parseManifest } from "../src/artifact.js";
 import { ArtifactLoader, deleteCachedFolder, isModelCached, type LoaderOptions } from "../src/cache.js";
 import { WebGPUNotAvailableError } from "../src/errors.js";
-import { CreateNodeEngine, FsStore, defaultCacheDir, modelUrlOf, nodeFetch } from "../src/node.js";
+import { CreateNodeEngine, FsStore, defaultCacheDir, modelUrlOf, nodeFetch, nodeGPUFor } from "../src/node.js";
 import { FakeFetch, fakeModelFolder, sha256 } from "./helpers.js";
 
 const BASE = "http://127.0.0.1:8080/models/fake-model/";
@@ -251,4 +251,38 @@ test("CreateNodeEngine: files cached in cacheDir by default, a clear error witho
   const store = new FsStore(dir);
   assert.deepEqual(await store.keys(), [BASE + "aae-chat-config.json"]);
   assert.deepEqual(new Uint8Array(await readFile(store.bodyPath(BASE + "aae-chat-config.json"))), folder.files.get(BASE + "aae-chat-config.json"));
+});
+
+test("nodeGPUFor: wasm never loads Dawn, webgpu needs it, auto goes on without it", async () => {
+  let loads = 0;
+  const fakeGpu = { requestAdapter: async () => null } as unknown as GPU;
+  const dawn = async () => {
+    loads++;
+    return fakeGpu;
+  };
+  const noDawn = async (): Promise<GPU> => {
+    loads++;
+    throw new WebGPUNotAvailableError("Node has no WebGPU of its own: install `npm i webgpu`.", { package: "webgpu" });
+  };
+  assert.deepEqual(await nodeGPUFor("wasm", noDawn), { gpu: undefined });
+  assert.deepEqual(await nodeGPUFor("wasm", dawn), { gpu: undefined });
+  assert.equal(loads, 0, "device wasm never loads Dawn");
+  assert.equal((await nodeGPUFor("webgpu", dawn)).gpu, fakeGpu);
+  await assert.rejects(nodeGPUFor("webgpu", noDawn), WebGPUNotAvailableError);
+  assert.equal((await nodeGPUFor("auto", dawn)).gpu, fakeGpu);
+  const auto = await nodeGPUFor("auto", noDawn);
+  assert.equal(auto.gpu, undefined);
+  assert.ok(auto.missing instanceof WebGPUNotAvailableError);
+});
+
+test("CreateNodeEngine: device wasm on a folder without a CPU library says so (not a WebGPU error)", async () => {
+  const { fetch } = await setup(1);
+  await assert.rejects(
+    CreateNodeEngine(BASE, { device: "wasm", cacheDir: null, fetch: fetch.fetch as typeof globalThis.fetch, logger: () => {} }),
+    (e: unknown) => {
+      assert.equal((e as Error).name, "ArtifactFormatError");
+      assert.match((e as Error).message, /no CPU \(wasm\) library/);
+      return true;
+    },
+  );
 });
