@@ -33,13 +33,8 @@ if (device === "webgpu") {
 }
 const aae = await import(new URL("../dist/index.js", import.meta.url).href);
 
-const fileFetch = async (input) => {
-  try {
-    return new Response(await readFile(new URL(typeof input === "string" ? input : input.url)));
-  } catch {
-    return new Response("not found", { status: 404 });
-  }
-};
+// Node's fetch does not read file: URLs; the package's Node entry reads them from disk.
+const { nodeFetch: fileFetch } = await import(new URL("../dist/node.js", import.meta.url).href);
 const baseUrl = pathToFileURL(resolve(folder) + "/").href;
 const config = aae.parseChatConfig(JSON.parse(await readFile(join(folder, aae.CHAT_CONFIG_FILE), "utf8")));
 const manifest = aae.parseManifest(JSON.parse(await readFile(join(folder, config.manifest), "utf8")));

@@ -34,14 +34,8 @@ if (device === "webgpu") {
 }
 const aae = await import(new URL("../dist/index.js", import.meta.url).href);
 
-// Node's fetch does not read file: URLs; the model folder is read from disk instead.
-const fileFetch = async (input) => {
-  try {
-    return new Response(await readFile(new URL(typeof input === "string" ? input : input.url)));
-  } catch {
-    return new Response("not found", { status: 404 });
-  }
-};
+// Node's fetch does not read file: URLs; the package's Node entry reads them from disk.
+const { nodeFetch: fileFetch } = await import(new URL("../dist/node.js", import.meta.url).href);
 
 const load = (overrides) =>
   aae.CreateEngine("m", {

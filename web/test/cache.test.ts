@@ -3,7 +3,7 @@ import { test } from "node:test";
 import { parseManifest } from "../src/artifact.js";
 import { ArtifactLoader, CacheApiStore, deleteCachedFolder, isModelCached, runPool, type LoadProgress, type LoaderOptions } from "../src/cache.js";
 import { NetworkError, QuotaExceededError } from "../src/errors.js";
-import { FakeCacheStorage, FakeFetch, fakeModelFolder } from "./helpers.js";
+import { FakeCacheStorage, FakeFetch, fakeModelFolder, loadModel } from "./helpers.js";
 
 const BASE = "http://127.0.0.1:8080/models/fake-model/";
 
@@ -28,17 +28,6 @@ function setup(nShards = 4, opts: Partial<LoaderOptions> = {}) {
   return { folder, fetch, storage, sleeps, progress, make };
 }
 
-/** What a model load does with the loader: JSON files, the wasm, every shard. */
-async function loadModel(loader: ArtifactLoader): Promise<Uint8Array[]> {
-  await loader.fetchJson(BASE + "aae-chat-config.json");
-  const manifest = parseManifest(await loader.fetchJson(BASE + "tensor-manifest.json"));
-  await loader.fetchJson(BASE + "tokenizer.json");
-  await loader.fetchJson(BASE + "tokenizer_config.json");
-  await loader.fetchBytes(BASE + "fake-model-webgpu.wasm", {});
-  const got: Uint8Array[] = [];
-  await loader.loadShards(BASE, manifest, (i, bytes) => void (got[i] = bytes.slice()));
-  return got;
-}
 
 const cacheOf = async (storage: FakeCacheStorage) => storage.open("aae-models");
 

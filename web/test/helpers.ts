@@ -1,7 +1,7 @@
 /** Fakes shared by the tests: a tiny tokenizer, a scripted model backend, a Cache API, a fetch. */
 import { createHash } from "node:crypto";
-import type { ChatConfig, TensorManifest } from "../src/artifact.js";
-import type { CacheLike, CacheStorageLike } from "../src/cache.js";
+import { parseManifest, type ChatConfig, type TensorManifest } from "../src/artifact.js";
+import type { ArtifactLoader, CacheLike, CacheStorageLike } from "../src/cache.js";
 import { Engine, type EngineConfig } from "../src/engine.js";
 import type { ForwardBackend } from "../src/model_runtime.js";
 import { ChatTemplate } from "../src/template.js";
@@ -303,4 +303,16 @@ export function fakeModelFolder(base: string, nShards: number, shardBytes = 256)
   files.set(base + "fake-model-webgpu.wasm", new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0]));
   manifest.shards.forEach((s, i) => files.set(base + s.file, shards[i]!));
   return { files, manifest, shards };
+}
+
+/** What a model load does with the loader: JSON files, the wasm, every shard of the fake folder at `base`. */
+export async function loadModel(loader: ArtifactLoader, base = "http://127.0.0.1:8080/models/fake-model/"): Promise<Uint8Array[]> {
+  await loader.fetchJson(base + "aae-chat-config.json");
+  const manifest = parseManifest(await loader.fetchJson(base + "tensor-manifest.json"));
+  await loader.fetchJson(base + "tokenizer.json");
+  await loader.fetchJson(base + "tokenizer_config.json");
+  await loader.fetchBytes(base + "fake-model-webgpu.wasm", {});
+  const got: Uint8Array[] = [];
+  await loader.loadShards(base, manifest, (i, bytes) => void (got[i] = bytes.slice()));
+  return got;
 }

@@ -10,7 +10,7 @@ import { parseManifest } from "../src/artifact.js";
 import { ArtifactLoader, deleteCachedFolder, isModelCached, type LoaderOptions } from "../src/cache.js";
 import { WebGPUNotAvailableError } from "../src/errors.js";
 import { CreateNodeEngine, FsStore, defaultCacheDir, modelUrlOf, nodeFetch, nodeGPUFor } from "../src/node.js";
-import { FakeFetch, fakeModelFolder, sha256 } from "./helpers.js";
+import { FakeFetch, fakeModelFolder, loadModel, sha256 } from "./helpers.js";
 
 const BASE = "http://127.0.0.1:8080/models/fake-model/";
 const dirs: string[] = [];
@@ -35,17 +35,6 @@ async function setup(nShards = 3) {
   return { folder, fetch, dir, store, make };
 }
 
-/** What a model load does with the loader (as in cache.test.ts). */
-async function loadModel(loader: ArtifactLoader): Promise<Uint8Array[]> {
-  await loader.fetchJson(BASE + "aae-chat-config.json");
-  const manifest = parseManifest(await loader.fetchJson(BASE + "tensor-manifest.json"));
-  await loader.fetchJson(BASE + "tokenizer.json");
-  await loader.fetchJson(BASE + "tokenizer_config.json");
-  await loader.fetchBytes(BASE + "fake-model-webgpu.wasm", {});
-  const got: Uint8Array[] = [];
-  await loader.loadShards(BASE, manifest, (i, bytes) => void (got[i] = bytes.slice()));
-  return got;
-}
 
 const tempFiles = async (dir: string) =>
   [...(await readdir(join(dir, "files"))), ...(await readdir(join(dir, "meta")))].filter((n) => n.startsWith(".tmp-"));
