@@ -83,10 +83,10 @@ def test_web_build_no_wasm_leaves_the_cpu_library_out(stories_dir: Path, web_mod
     assert entry["model_lib"] == {"webgpu": webgpu.name}
 
 
-DEVICE_JS = """async ({ modelUrl }) => {
+DEVICE_JS = """async ({ modelUrl, prompt = 'Once upon a time', maxTokens = 40 }) => {
   const aae = await import('/web/dist/index.js');
   const engine = await aae.CreateEngine('m', { appConfig: { model_list: [{ model_id: 'm', model_url: modelUrl }] }, store: null, logger: () => {} });
-  const r = await engine.completions.create({ prompt: 'Once upon a time', max_tokens: 40, temperature: 0, return_token_ids: true });
+  const r = await engine.completions.create({ prompt, max_tokens: maxTokens, temperature: 0, return_token_ids: true });
   const out = { gpu: typeof navigator.gpu, device: engine.device, adapter: engine.adapterInfo, ids: [...r.prompt_token_ids, ...r.choices[0].token_ids] };
   await engine.unload();
   return out;
@@ -189,3 +189,25 @@ def test_smollm2_q4f32_1_wasm_cpu_ids_equal_native(web_dist: Path, tmp_path: Pat
     result = json.loads(p.stdout.strip().splitlines()[-1])
     print(f"[wasm cpu] SmolLM2 q4f32_1 prefill {result['prefill_s']:.2f} s, decode {result['decode_tok_s']:.1f} tok/s in Node")
     assert result["ids"] == native
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_chromium_without_webgpu_runs_smollm2_q4f32_1_on_the_cpu_library(
+    web_models_dir: Path, web_dist: Path, playwright: Any, tmp_path: Path
+) -> None:
+    """The default SmolLM2 web build in Chromium with WebGPU off: the engine picks the CPU
+    library, and 16 greedy tokens are the native engine's."""
+    from sphere_aae.engine import SphereAaeEngine
+    from sphere_aae.web import start_server
+    from test_browser_integration import SITE, quiet_page
+
+    folder = build("SmolLM2-135M-Instruct", "q4f32_1", web_models_dir)
+    prompt = "The capital of France is"
+    with SphereAaeEngine("SmolLM2-135M-Instruct", quantization="q4f32_1") as engine:
+        r = engine.completions.create(prompt=prompt, max_tokens=16, temperature=0, return_token_ids=True)
+        native = [*r.prompt_token_ids, *r.choices[0].token_ids]
+    with start_server(SITE, web_models_dir, web_dist_dir=web_dist) as srv, quiet_page(playwright, srv, None, tmp_path) as (page, errors):
+        chosen = page.evaluate(DEVICE_JS, {"modelUrl": f"{srv.url}/models/{folder.name}/", "prompt": prompt, "maxTokens": 16})
+    assert chosen["device"] == "wasm" and errors == []
+    assert chosen["ids"] == native
