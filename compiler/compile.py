@@ -21,12 +21,13 @@ from typing import Any
 import tvm
 from tvm import relax
 
-from . import artifact
+from . import artifact, sampling_kernel
+# Re-exported: DEVICES, host_cpu and compile_metadata live where the run path reads them without TVM.
+from .build_info import DEVICES, compile_metadata, host_cpu
 from .schedules import get_cpu_pipeline, get_gpu_pipeline
 from .models import config_from_dict, get_architecture
 from .quantization import get_scheme, quantize_model
 
-DEVICES = ("cpu", "cuda", "webgpu", "wasm")
 # Devices whose library is one `.wasm` for the browser engine (linked with TVM's web runtime).
 WASM_DEVICES = ("webgpu", "wasm")
 # Devices compiled with the CPU schedules (LLVM kernels) rather than the GPU ones.
@@ -35,12 +36,6 @@ CPU_DEVICES = ("cpu", "wasm")
 
 class CompileError(RuntimeError):
     pass
-
-
-def host_cpu() -> str:
-    """LLVM's name for this machine's CPU (e.g. "emeraldrapids", "znver4"): the CPU libraries
-    are built for the machine that builds them, and their cache key includes it."""
-    return str(tvm.target.codegen.llvm_get_system_cpu())
 
 
 def make_target(device: str) -> tvm.target.Target:
@@ -58,25 +53,6 @@ def make_target(device: str) -> tvm.target.Target:
         # (Chrome 91+, Firefox 89+, Safari 16.4+). The web runtime runs parallel loops serially.
         return tvm.target.Target({"kind": "llvm", "mtriple": "wasm32-unknown-unknown-wasm", "mattr": ["+simd128"]})
     raise CompileError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
-
-
-def compile_metadata(chat_config: dict[str, Any], device: str, debug_functions: bool) -> dict[str, Any]:
-    """What the library was built for; stored in the library as `_metadata` (a JSON string)."""
-    return {
-        "model_id": chat_config["model_id"],
-        "model_type": chat_config["model_type"],
-        "quantization": chat_config["quantization"],
-        "device": device,
-        "context_window_size": chat_config["context_window_size"],
-        "prefill_chunk_size": chat_config["prefill_chunk_size"],
-        "sliding_window_size": chat_config["sliding_window_size"],
-        "max_batch_size": chat_config["max_batch_size"],
-        "vocab_size": chat_config["model_config"]["vocab_size"],
-        "hidden_size": chat_config["model_config"]["hidden_size"],
-        "debug_functions": debug_functions,
-        "cpu": host_cpu() if device == "cpu" else None,  # what the library's vector code needs
-        "tvm_version": tvm.__version__,
-    }
 
 
 def _add_metadata(mod: tvm.IRModule, metadata: dict[str, Any]) -> tvm.IRModule:
@@ -144,6 +120,12 @@ def compile_model(
         _say(progress, "[compile] linking the wasm module with the TVM web runtime (emcc)")
         link_model_wasm(executable, output, webgpu=device == "webgpu")
     else:
+        # The sampler's kernel (sampling_kernel.py), built without FMA for the host that runs
+        # the engine (this machine's CPU, like the CPU kernels; generic x86-64 beside a GPU's)
+        # and linked into the same library; the engine finds it there (sampling.NativeWeights).
+        host = make_target("cpu") if device == "cpu" else tvm.target.Target({"kind": "llvm"})
+        if sampling_kernel.supported(host):
+            executable.mod.import_module(sampling_kernel.build(host))
         tmp = output.with_name(f".{output.name}.tmp.so")
         executable.export_library(str(tmp))
         tmp.replace(output)

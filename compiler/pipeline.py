@@ -19,15 +19,16 @@ import importlib.util
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import tvm
-
+# No TVM at import, and none on a cache hit: the engines find their compiled library here before
+# they choose to load TVM's runtime alone (runtime/tvm_lib.py). Compiling imports .compile.
 from . import DEFAULT_MODEL, __version__, artifact
-from .compile import DEVICES, compile_model, compile_metadata
-from .quantization import get_scheme
+from .build_info import DEVICES, compile_metadata, tvm_version
 
 DEFAULT_QUANTIZATION = {"cpu": "q4f32_1", "cuda": "q4f16_1", "webgpu": "q4f32_1", "wasm": "q4f32_1"}
 CATALOG_DIR = Path(__file__).resolve().parent.parent / "models"
@@ -109,8 +110,8 @@ def code_fingerprint() -> str:
     """
     root = Path(__file__).resolve().parent
     files = sorted([*root.glob("models/*.py"), *root.glob("quantization/*.py"), *root.glob("loaders/*.py"), root / "convert.py",
-                    root / "compile.py", root / "schedules.py", root / "gen_config.py",
-                    root / "artifact_format.json"])
+                    root / "compile.py", root / "sampling_kernel.py", root / "build_info.py", root / "schedules.py", root / "gen_config.py",
+                    root / "runtime" / "layouts.py", root / "artifact_format.json"])
     h = hashlib.sha256()
     for f in files:
         h.update(f.name.encode() + f.read_bytes())
@@ -142,6 +143,7 @@ def build_model_folder(
     from .convert import convert_weight
     from .gen_config import gen_config
     from .loaders import load_source
+    from .quantization import get_scheme
 
     scheme = get_scheme(quantization)
     source = load_source(source_path)
@@ -175,10 +177,18 @@ def ensure_model_folder(model: str, quantization: str | None, device: str, *, pr
             raise ValueError(f"{path} is a built {cfg['quantization']} model; --quantization {quantization} cannot apply to it")
         return path
     quantization = quantization or DEFAULT_QUANTIZATION[device]
-    get_scheme(quantization)  # fail fast on a bad name
     key = hashlib.sha256(f"{path}|{_source_fingerprint(path)}|{quantization}|{code_fingerprint()}".encode()).hexdigest()[:12]
     out = cache_home() / "models" / f"{default_model_id(path, quantization)}-{key}"
     if not (out / artifact.CHAT_CONFIG).is_file():
+        from .runtime.tvm_lib import runtime_only
+
+        if runtime_only():  # no TVM compiler in this process (an engine loaded TVM's runtime alone)
+            _in_child(f"{__package__}.pipeline", "build_model_folder(Path(a[0]), a[1], Path(a[2]), progress=a[3] == '1')",
+                      path, quantization, out, int(progress))
+            return out
+        from .quantization import get_scheme  # imports TVM's compiler: only when converting
+
+        get_scheme(quantization)  # fail fast on a bad name (no cache entry has one)
         if progress:
             print(f"[convert] {path} -> {out} ({quantization})", flush=True)
         build_model_folder(path, quantization, out, progress=progress)
@@ -193,7 +203,7 @@ def library_key(config: dict[str, Any], device: str, debug_functions: bool) -> s
         "meta": compile_metadata(config, device, debug_functions),
         "sphere_aae": __version__,
         "code": code_fingerprint(),
-        "tvm": tvm.__version__,
+        "tvm": tvm_version(),
     }
     material["meta"].pop("model_id")  # the same network under another name shares its library
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
@@ -205,10 +215,30 @@ def ensure_library(model_dir: Path, device: str, *, debug_functions: bool = Fals
     ext = artifact.MODEL_LIB_DEVICES[device]
     lib = cache_home() / "libs" / f"{config['model_type']}-{config['quantization']}-{device}-{key}.{ext}"
     if not lib.is_file():
-        compile_model(model_dir, device, lib, debug_functions=debug_functions, progress=progress)
+        from .runtime.tvm_lib import runtime_only
+
+        if runtime_only():  # no TVM compiler in this process (an engine loaded TVM's runtime alone)
+            _in_child(f"{__package__}.compile", "compile_model(Path(a[0]), a[1], Path(a[2]), debug_functions=a[3] == '1', progress=a[4] == '1')",
+                      model_dir, device, lib, int(debug_functions), int(progress))
+        else:
+            from .compile import compile_model
+
+            compile_model(model_dir, device, lib, debug_functions=debug_functions, progress=progress)
     elif progress:
         print(f"[compile] reusing cached library {lib}", flush=True)
     return lib
+
+
+def _in_child(module: str, call: str, *args: object) -> None:
+    """`call` (a function of `module`, its arguments `a = sys.argv[1:]`) in a fresh interpreter,
+    which loads TVM with its compiler: converting and compiling from a process that loaded TVM's
+    runtime alone. Its output is ours; a failure is a RuntimeError with its error output (the
+    child's exception class may need TVM's compiler to import)."""
+    code = f"import sys; from pathlib import Path; from {module} import {call.split('(')[0]}; a = sys.argv[1:]; {call}"
+    env = {k: v for k, v in os.environ.items() if k != "TVM_USE_RUNTIME_LIB"}
+    done = subprocess.run([sys.executable, "-c", code, *map(str, args)], env=env, stderr=subprocess.PIPE, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{call.split('(')[0]} failed in a child process:\n{done.stderr.strip()[-4000:]}")
 
 
 def prepare_model(

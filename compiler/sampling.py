@@ -6,6 +6,10 @@ repetition penalty, frequency/presence penalties, the logprobs point, temperatur
 draw). The browser engine (web/src/sampling.ts) runs the same list with the same float64
 arithmetic, the same exp/log (`spec_exp`, `spec_log`: platform exp differs in the last bit) and
 the same PRNG (`SplitMix64`), so one seed gives one token stream in both.
+
+The per-token hot path (temperature, spec_exp, the sum, the nucleus) also exists as a native
+kernel compiled into the model library (sampling_kernel.py), bit for bit the same arithmetic;
+`NativeWeights` calls it, and `Sampler` falls back to numpy where a library has none.
 """
 
 from __future__ import annotations
@@ -143,6 +147,45 @@ def spec_log(s: float) -> float:
     return e * _EXP["ln2_hi"] + (e * _EXP["ln2_lo"] + (2.0 * z) * q)
 
 
+# The kernel's symbol in a model library, and its exponent histogram's size (sampling_kernel.py:
+# this module must not import it, which needs TVM's compiler).
+NATIVE_WEIGHTS_SYMBOL = "sphere_aae_sampling_weights"
+HIST_SIZE = 2048
+
+
+class NativeWeights:
+    """The compiled temperature step: w = spec_exp((x - m) / t), its left-to-right sum and the
+    mass per float64 exponent (for nucleus_order) in one pass, ~0.2 ms a token over 49,152
+    logits where numpy takes ~0.7 ms. Same bits as the numpy functions (tests/test_sampling_native.py)."""
+
+    def __init__(self, func: Callable[..., Any]) -> None:
+        self._func = func
+
+    @classmethod
+    def from_library(cls, lib: Any) -> "NativeWeights | None":
+        """The kernel in a loaded model library (tvm.runtime.Module); None when the library
+        was compiled without it (before it existed, or for the browser)."""
+        try:
+            return cls(lib.get_function(NATIVE_WEIGHTS_SYMBOL, query_imports=True))
+        except AttributeError:
+            return None
+
+    def __call__(self, x: np.ndarray, m: float, temperature: float) -> tuple[np.ndarray, float, np.ndarray]:
+        """(w, total, hist) for float64 logits x with a finite max m and temperature > 0 (NaN
+        inputs are the caller's to route to numpy: the kernel is compiled assuming none)."""
+        x = np.ascontiguousarray(x, dtype=np.float64)
+        w, total, hist = np.empty_like(x), np.empty(1), np.empty(HIST_SIZE)
+        self._func(x, w, total, hist, float(m), float(temperature))  # numpy arrays go by DLPack, no copy
+        return w, float(total[0]), hist
+
+
+def exponent_histogram(weights: np.ndarray) -> np.ndarray:
+    """hist[e]: the mass of the weights (>= 0) whose float64 exponent field is e (the native
+    kernel's third output; numpy's sums round differently, which only moves the first guess)."""
+    buckets = (weights.view(np.int64) >> 52) & (HIST_SIZE - 1)  # masked: a NaN's sign bit may be set
+    return np.bincount(buckets, weights=weights, minlength=HIST_SIZE)
+
+
 def sum_ltr(values: np.ndarray) -> float:
     """The plain left-to-right sum (what a JavaScript loop computes); np.sum is pairwise."""
     return float(np.cumsum(values)[-1]) if values.size else 0.0
@@ -166,6 +209,8 @@ class _Step:
     allowed: np.ndarray | None = None  # bool[vocab]: what a structured-output grammar allows next
     logprobs: np.ndarray | None = None
     weights: np.ndarray | None = None  # exp((x - max) / temperature)
+    total: float | None = None  # sum_ltr(weights), when the native kernel computed it
+    hist: np.ndarray | None = None  # exponent_histogram(weights), ditto
     ids: np.ndarray | None = None  # the ids the draw chooses among, with their running mass
     cum: np.ndarray | None = None
     token: int | None = None
@@ -175,7 +220,8 @@ class Sampler:
     """Sampling state of one sequence: its PRNG and the token counts the penalties need."""
 
     def __init__(
-        self, params: SamplingParams, vocab_size: int, prompt_token_ids: Sequence[int] = (), eos_token_ids: Sequence[int] = ()
+        self, params: SamplingParams, vocab_size: int, prompt_token_ids: Sequence[int] = (), eos_token_ids: Sequence[int] = (),
+        native: NativeWeights | None = None,
     ) -> None:
         if params.temperature is None or params.top_p is None:
             raise ValueError("Sampler needs resolved SamplingParams (call params.resolved(defaults))")
@@ -184,6 +230,7 @@ class Sampler:
             raise ValueError(f"logit_bias token id {bad[0]} is outside the vocabulary (size {vocab_size})")
         self.params = params
         self.vocab_size = vocab_size
+        self.native = native  # the model library's kernel for the temperature step, if it has one
         self.seed = os_seed() if params.seed is None else params.seed
         self.rng = SplitMix64(self.seed)
         self._counts = np.zeros(vocab_size, dtype=np.int64)
@@ -252,6 +299,8 @@ class Sampler:
         m = float(np.max(step.x))
         if self.params.temperature < GREEDY_TEMPERATURE or m == -np.inf:
             step.token = int(np.argmax(step.x))
+        elif self.native is not None and math.isfinite(m):  # a NaN logit makes m NaN
+            step.weights, step.total, step.hist = self.native(step.x, m, self.params.temperature)
         else:
             step.weights = spec_exp((step.x - m) / self.params.temperature)
 
@@ -262,8 +311,8 @@ class Sampler:
         assert w is not None, "request_spec.json's processors must put temperature before top_p"
         if top_p < 1.0:
             # Nucleus: the smallest most-likely set whose mass reaches top_p (at least one).
-            total = sum_ltr(w)
-            order, cum = nucleus_order(w, top_p, total)
+            total = sum_ltr(w) if step.total is None else step.total
+            order, cum = nucleus_order(w, top_p, total, step.hist)
             keep = min(int(np.searchsorted(cum, top_p * total)) + 1, order.size)
             step.ids, step.cum = order[:keep], cum[:keep]
         else:
@@ -278,27 +327,45 @@ class Sampler:
         step.token = int(step.ids[min(i, step.ids.size - 1)])
 
 
-# Candidates first sorted for top-p; most distributions reach top_p within them.
-NUCLEUS_CANDIDATES = 256
-
-
-def nucleus_order(probs: np.ndarray, top_p: float, total: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+def nucleus_order(
+    probs: np.ndarray, top_p: float, total: float | None = None, hist: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The most likely token ids, best first (ties: lower id first), with their cumulative mass,
-    as far as the mass reaches top_p of the total: the head of a full stable sort, without
-    sorting the whole vocabulary (5-7 ms a token over 49,152 logits; this takes ~0.5 ms).
+    at least as far as the mass reaches top_p of the total: the head of a full stable sort,
+    without sorting the whole vocabulary (5-7 ms a token over 49,152 logits; this ~0.05 ms).
 
-    Candidates are every id whose probability is at least the k-th largest, so ties at the edge
-    are all in and the order is exactly the full sort's; k grows until the mass is reached.
-    `total` is the left-to-right sum of probs (sum_ltr, what the browser engine computes)."""
-    n, k = probs.size, NUCLEUS_CANDIDATES
+    Candidates are every id whose probability is at least a threshold t, so ties at the edge are
+    all in and their order is exactly the full sort's. t is the power of two starting the
+    exponent bucket where the histogram's mass, from the top, first reaches top_p of the total;
+    the histogram only guesses (its sums round differently): the candidates' own sorted mass
+    decides, and t is lowered until it reaches top_p * total (t = 0 takes everything).
+    `total` is the left-to-right sum of probs (sum_ltr, what the browser engine computes);
+    `hist` is exponent_histogram(probs) (the native kernel returns it)."""
     total = sum_ltr(probs) if total is None else total
-    while True:
-        ids = np.arange(n) if k >= n else np.flatnonzero(probs >= np.partition(probs, n - k)[n - k])
-        order = ids[np.lexsort((ids, -probs[ids]))]
+    need = top_p * total
+    t = _nucleus_threshold(exponent_histogram(probs) if hist is None else hist, need)
+    for attempt in range(3):
+        ids = np.flatnonzero(probs >= t) if t > 0.0 else np.arange(probs.size)  # t = 0: NaNs too, as a full sort
+        order = ids[np.argsort(-probs[ids], kind="stable")]  # ids ascend, so ties keep lower ids first
         cum = np.cumsum(probs[order])
-        if k >= n or cum[-1] >= top_p * total:
-            return order, cum
-        k *= 4
+        if t == 0.0 or (cum.size and cum[-1] >= need):
+            break
+        # Short of the mass (a misleading histogram, or rounding near top_p = 1): numpy's own
+        # histogram one bucket lower, then everything, so at most three sorts.
+        t = min(t, _nucleus_threshold(exponent_histogram(probs), need)) / 2 if attempt == 0 else 0.0
+    return order, cum
+
+
+def _nucleus_threshold(hist: np.ndarray, need: float) -> float:
+    """The power of two starting the exponent bucket where hist's mass, from the top, reaches
+    `need`; 0 when no bucket does (everything is a candidate)."""
+    from_top = np.cumsum(hist[::-1])
+    # The 1e-9 margin: the histogram's sum may round a little above the exact sorted one. No
+    # higher than the top nonempty bucket (top_p = 0 needs no mass, but one token).
+    reach = max(int(np.searchsorted(from_top, need * (1 + 1e-9))), int(np.searchsorted(from_top, 0.0, side="right")))
+    bucket = min(HIST_SIZE - 1 - reach, 2046)  # 2047: inf and NaN
+    # A NaN or infinite weight (NaN logits reach nucleus_order through numpy) takes everything.
+    return math.ldexp(1.0, bucket - 1023) if bucket > 0 and math.isfinite(from_top[-1]) else 0.0
 
 
 def top_k(logprobs: np.ndarray, k: int) -> list[tuple[int, float]]:

@@ -28,7 +28,7 @@ import numpy as np
 
 from .protocol import spec_error
 from .request_spec import SPEC
-from .sampling import SampledToken, Sampler, SamplingParams
+from .sampling import NativeWeights, SampledToken, Sampler, SamplingParams
 from .template import ChatTemplate
 from .structured import GrammarCompiler, GrammarMatcher, ResponseFormat
 from .text_stream import TextStream
@@ -155,7 +155,6 @@ class Scheduler:
 
     def _load(self, model: str, quantization: str | None, model_lib: str | Path | None) -> None:
         from .pipeline import prepare_model
-        from .runtime.model_runtime import ModelRuntime
 
         t0 = time.perf_counter()
         prepared = prepare_model(
@@ -165,7 +164,16 @@ class Scheduler:
             overrides=dict(self.overrides) or None,
             model_lib=Path(model_lib) if model_lib is not None else None,
         )
-        t1 = time.perf_counter()
+        t1 = time.perf_counter()  # loading TVM counts as the runtime's load
+        if self.device == "cpu":
+            # The library is compiled: running it needs TVM's runtime, not its compiler and LLVM
+            # (~180 MB resident). A no-op where TVM is loaded already (e.g. it had to compile).
+            # CUDA keeps full TVM, whose import registers the CUDA runtime.
+            from .runtime.tvm_lib import import_runtime_only
+
+            import_runtime_only()
+        from .runtime.model_runtime import ModelRuntime
+
         sizes = {k: self.overrides.get(k) for k in ("context_window_size", "prefill_chunk_size", "max_batch_size")}
         self.runtime = ModelRuntime(prepared.model_dir, prepared.lib_path, self.device, **sizes)
         t2 = time.perf_counter()
@@ -177,6 +185,8 @@ class Scheduler:
         self.max_batch_size: int = max(1, int(self.config.get("max_batch_size") or 1))
         self.vocab_size: int = int(self.config["model_config"]["vocab_size"])
         self.sampling_defaults: dict[str, Any] = dict(self.config.get("sampling") or {})
+        # The library's sampling kernel (sampling_kernel.py); None in libraries built before it.
+        self.sampling_kernel: NativeWeights | None = NativeWeights.from_library(self.runtime.lib)
         self.tokenizer = TextTokenizer(self.model_dir, self.config)
         self.template = ChatTemplate(self._chat_template or self.config.get("chat_template"), self.tokenizer.special_tokens)
         self.grammars = GrammarCompiler(self.model_dir, self.vocab_size, sorted(self.tokenizer.eos_token_ids))
@@ -253,7 +263,7 @@ class Scheduler:
             for i in range(n):
                 # Choice i is seeded seed + i; unseeded choices each draw a seed from the OS.
                 choice = dataclasses.replace(resolved, seed=None if resolved.seed is None else resolved.seed + i)
-                job = Job(request, p * n + i, ids, Sampler(choice, self.vocab_size, ids, eos), max_new, self.tokenizer)
+                job = Job(request, p * n + i, ids, Sampler(choice, self.vocab_size, ids, eos, self.sampling_kernel), max_new, self.tokenizer)
                 job.grammar = self.grammars.matcher(grammar) if grammar is not None else None
                 request.jobs.append(job)
 

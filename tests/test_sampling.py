@@ -129,7 +129,7 @@ def test_large_vocab_logits_with_padding_are_cut_to_vocab():
 def test_nucleus_order_is_the_head_of_a_full_stable_sort() -> None:
     """top_p sorts only candidates (sampling.nucleus_order); the tokens it keeps, and their order,
     are those of a full stable sort, ties at the edge included, for peaked and flat distributions."""
-    from sphere_aae.sampling import NUCLEUS_CANDIDATES, nucleus_order, sum_ltr
+    from sphere_aae.sampling import nucleus_order, sum_ltr
 
     rng = np.random.default_rng(0)
     n = 49152
@@ -144,5 +144,5 @@ def test_nucleus_order_is_the_head_of_a_full_stable_sort() -> None:
             order, cum = nucleus_order(probs, top_p)
             keep = int(np.searchsorted(cum, top_p * sum_ltr(probs))) + 1
             assert keep <= order.size and (order[:keep] == full[:keep]).all(), (trial, top_p)
-            grew += order.size > NUCLEUS_CANDIDATES
+            grew += order.size > 256  # more than a small head: flat distributions need thousands
     assert grew  # the flat distributions needed more than the first candidates

@@ -13,25 +13,25 @@ min * sum(x). Measured on a 2-vCPU Xeon (AVX-512): 8-17 GB/s for decode (one row
 85-115 GFLOP/s for prefill (x rows in tiles of 4 that share each unpacked code), against
 0.5-1 GB/s and ~1 GFLOP/s before.
 
-The repack happens once, when the native runtime loads the weights (`interleave_rows`): the
-artifact keeps the one stored layout every runtime reads; a CPU library lists the parameters it
-declares interleaved in its metadata (`param_layouts`).
+The repack happens once, when the native runtime loads the weights (`interleave_rows`, in
+runtime/layouts.py): the artifact keeps the one stored layout every runtime reads; a CPU library
+lists the parameters it declares interleaved in its metadata (`param_layouts`).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import numpy as np
 from tvm import tirx
 from tvm.script import tirx as T
+
+# The layout and its repack live with the runtime, which must not import TVM's compiler.
+from ..runtime.layouts import LAYOUT, ROWS, interleave_rows, interleaved_shape  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:  # group_quant imports this module
     from .group_quant import GroupQuantSpec
 
-ROWS = 16  # rows per interleaved block: one 512-bit vector of f32 or u32
 M_TILE = 4  # rows of x that share each unpacked code (prefill, batched decode)
-LAYOUT = "rows16"
 
 
 def eligible(out_features: int, in_features: int, spec: "GroupQuantSpec", dtype: str) -> bool:
@@ -40,17 +40,6 @@ def eligible(out_features: int, in_features: int, spec: "GroupQuantSpec", dtype:
     tile a word."""
     return (dtype == "float32" and not spec.symmetric and out_features % ROWS == 0 and in_features % spec.group_size == 0
             and 32 % spec.bits == 0 and spec.group_size % spec.per_storage == 0)
-
-
-def interleaved_shape(shape: tuple[int, int]) -> tuple[int, int, int]:
-    rows, cols = shape
-    return (rows // ROWS, cols, ROWS)
-
-
-def interleave_rows(array: np.ndarray) -> np.ndarray:
-    """[rows, cols] -> [rows / 16, cols, 16]: element (r, c) moves to (r // 16, c, r % 16)."""
-    rows, cols = array.shape
-    return np.ascontiguousarray(array.reshape(rows // ROWS, ROWS, cols).transpose(0, 2, 1))
 
 
 def matmul_kernel(out_features: int, in_features: int, spec: "GroupQuantSpec", m_tile: int) -> tirx.PrimFunc:

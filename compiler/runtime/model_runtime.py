@@ -15,11 +15,13 @@ from typing import Any
 
 import numpy as np
 import tvm
-from tvm import relax
+# Runtime-side TVM only (no tvm.relax, tvm.target): the engines may load TVM without its
+# compiler (tvm_lib.py).
 from tvm.runtime import ShapeTuple
+from tvm.runtime.vm import VirtualMachine
 
 from .. import artifact
-from ..quantization import cpu_kernels
+from . import layouts as param_layouts
 
 
 class ContextWindowError(ValueError):
@@ -55,7 +57,7 @@ def load_params(model_dir: Path, device: tvm.runtime.Device, *, verify: bool = T
                 layouts: dict[str, str] | None = None) -> list[tvm.runtime.Tensor]:
     """Every tensor of the manifest, in order, on `device`. Corrupt or short shards are errors.
     `layouts` (a library's `param_layouts`) names tensors the library declares in another layout
-    than the stored one; they are repacked here, once (cpu_kernels.interleave_rows).
+    than the stored one; they are repacked here, once (runtime/layouts.py interleave_rows).
 
     One shard is in memory at a time, its tensors read as views of it: the peak is the weights
     plus one shard, not twice the weights (SmolLM2 q4f32_1: ~70 MB less peak RSS)."""
@@ -71,9 +73,9 @@ def load_params(model_dir: Path, device: tvm.runtime.Device, *, verify: bool = T
             arr = np.frombuffer(raw, dtype=t["dtype"]).reshape(t["shape"])
             layout = (layouts or {}).get(t["name"])
             if layout is not None:
-                if layout != cpu_kernels.LAYOUT:
+                if layout != param_layouts.LAYOUT:
                     raise artifact.ArtifactError(f"the library wants {t['name']} in layout {layout!r}, which this runtime cannot make; recompile")
-                arr = cpu_kernels.interleave_rows(arr)
+                arr = param_layouts.interleave_rows(arr)
             params[i] = tvm.runtime.tensor(arr, device)
         del data
     missing = [t["name"] for t, p in zip(tensors, params) if p is None]
@@ -135,7 +137,7 @@ class ModelRuntime:
         self.device = _device(device)
         self._lock = threading.RLock()
         self.lib = tvm.runtime.load_module(str(lib_path))
-        self.vm = relax.VirtualMachine(self.lib, self.device)
+        self.vm = VirtualMachine(self.lib, self.device)
         self.metadata: dict[str, Any] = json.loads(str(self.vm["_metadata"]()))
         if self.metadata["model_type"] != self.config["model_type"] or self.metadata["quantization"] != self.config["quantization"]:
             raise artifact.ArtifactError(
