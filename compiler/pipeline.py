@@ -206,6 +206,10 @@ def library_key(config: dict[str, Any], device: str, debug_functions: bool) -> s
         "tvm": tvm_version(),
     }
     material["meta"].pop("model_id")  # the same network under another name shares its library
+    if device in ("webgpu", "wasm"):  # linked with the web runtime: a rebuilt runtime relinks
+        from .wasm_runtime import link_key
+
+        material["wasm_runtime"] = link_key()
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
 
 

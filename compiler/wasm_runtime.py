@@ -68,6 +68,7 @@ __all__ = [
     "build_dir",
     "build_runtime",
     "ensure_built",
+    "link_key",
     "link_model_wasm",
     "required_webgpu_features",
     "runtime_dir",
@@ -87,6 +88,9 @@ RUNTIME_SOURCES: tuple[str, ...] = ("wasm_runtime.cc", "tvmjs_support.cc", "webg
 # the build is cached.
 _RUNTIME_OPT = "-O2"
 _RUNTIME_CFLAGS: tuple[str, ...] = (_RUNTIME_OPT, "-std=c++17", "-Wno-ignored-attributes")
+# Our own sources (wasm_runtime/src) also use wasm atomics: thread_pool.cc's launch counter and
+# futex waits. TVM's units stay single-threaded code (see thread_pool.cc for why that is safe).
+_OWN_CFLAGS: tuple[str, ...] = ("-matomics", "-mbulk-memory")
 
 # Link flags from tvm.support.emcc.create_tvmjs_wasm (what tvmjs expects of a model library):
 # a standalone reactor module (no main), BigInt for i64 in the JS API, growable memory, and
@@ -100,6 +104,12 @@ _LINK_FLAGS: tuple[str, ...] = (
     "-s", "TOTAL_MEMORY=160MB",
 )  # fmt: skip
 _OPT_LEVELS = ("-O0", "-O1", "-O2", "-O3", "-Os", "-Oz")
+# A CPU library's memory is shared, so compute threads (Web Workers on the same memory) can run
+# its parallel loops (wasm_runtime/src/thread_pool.cc). It is imported, as shared memory must be
+# created by the page and handed to every worker. Emscripten 3.1.6 refuses pthreads with
+# STANDALONE_WASM, so these are wasm-ld's own flags; its feature check is off because TVM's units
+# and libc are single-threaded code, which only the launching thread runs.
+_SHARED_MEMORY_LINK_FLAGS: tuple[str, ...] = ("-Wl,--shared-memory", "-Wl,--import-memory", "-Wl,--no-check-features")
 
 # Debian packages Node's modules (acorn, ...) here; emcc's JS tools fail without it.
 _DEBIAN_NODE_PATH = "/usr/share/nodejs"
@@ -310,6 +320,7 @@ def _build_key(plan: dict[str, Path], own: list[Path], emcc_id: str) -> str:
         f"apache-tvm={_dist_version('apache-tvm')}",
         f"apache-tvm-ffi={_dist_version('apache-tvm-ffi')}",
         "cflags=" + " ".join(_RUNTIME_CFLAGS),
+        "own_cflags=" + " ".join(_OWN_CFLAGS),
         "emcc=" + emcc_id,
     ):
         h.update(item.encode() + b"\0")
@@ -407,7 +418,8 @@ def _compile_all(
                 job = pending.pop(0)
                 # file-prefix-map: __FILE__ in TVM's log/error messages reads "tvm/src/..."
                 # instead of this machine's build path, and objects are reproducible.
-                cmd = [emcc, *_RUNTIME_CFLAGS, f"-ffile-prefix-map={stage}/=tvm/",
+                own = () if job.source.name in RUNTIME_SOURCES else _OWN_CFLAGS
+                cmd = [emcc, *_RUNTIME_CFLAGS, *own, f"-ffile-prefix-map={stage}/=tvm/",
                        *_include_flags(stage), "-c", str(job.source), "-o", str(job.tmp_obj)]  # fmt: skip
                 job.log_fh = open(job.log_path, "wb")  # noqa: SIM115 -- closed when the job ends
                 job.log_fh.write((" ".join(cmd) + "\n\n").encode())
@@ -520,6 +532,14 @@ def runtime_status() -> dict[str, Any]:
     }
 
 
+def link_key() -> str:
+    """What a linked model library depends on besides the model: the runtime's build key (its
+    sources, patches, flags and Emscripten) and this file (the link flags and post-link steps).
+    Part of the library cache key for the wasm devices (pipeline.library_key)."""
+    status = runtime_status()
+    return hashlib.sha256((status["key"] + "\0").encode() + Path(__file__).read_bytes()).hexdigest()
+
+
 # --------------------------------------------------------------------------------------------
 # Model linking
 # --------------------------------------------------------------------------------------------
@@ -605,6 +625,50 @@ def _make_fcompile(emcc: str, runtime_objects: Sequence[Path], link_flags: Seque
     return fcompile
 
 
+def _leb128(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _read_leb128(data: bytes, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, at
+
+
+def export_imported_memory(path: Path) -> None:
+    """Add the export ``memory`` (memory 0) to a module that imports its memory, in place.
+
+    tvmjs and its Emscripten shim read the memory from the exports; wasm-ld 14 (Emscripten
+    3.1.6) has no ``--export-memory``. Rewrites the export section (id 7) with one more entry.
+    """
+    data = path.read_bytes()
+    at, out = 8, bytearray(data[:8])
+    while at < len(data):
+        section_id = data[at]
+        size, body = _read_leb128(data, at + 1)
+        end = body + size
+        if section_id == 7:
+            count, entries = _read_leb128(data, body)
+            name = b"memory"
+            payload = _leb128(count + 1) + data[entries:end] + _leb128(len(name)) + name + b"\x02\x00"
+            out += bytes([7]) + _leb128(len(payload)) + payload + data[end:]
+            path.write_bytes(bytes(out))
+            return
+        out += data[at:end]
+        at = end
+    raise WasmToolchainError(f"{path}: no export section to add the memory to")
+
+
 def link_model_wasm(
     executable: Any,
     out_path: Path | str,
@@ -614,12 +678,17 @@ def link_model_wasm(
     extra_link_flags: Sequence[str] = (),
     progress: bool = True,
     webgpu: bool = True,
+    shared_memory: bool | None = None,
 ) -> LinkResult:
     """Link a ``relax.build(..., target=webgpu_target())`` result into a model ``.wasm``.
 
     webgpu: link TVM's WebGPU device glue (``webgpu_runtime.o``). False for a CPU-only library
         (``compile --device wasm``: LLVM wasm32 kernels, no WGSL), which then needs no WebGPU
         device to load.
+
+    shared_memory: import a shared memory (and export it again, as tvmjs reads it from the
+        exports) so the browser engine can run parallel loops on compute threads. Default: for
+        a CPU library. The engine turns the import into a plain one where threads cannot run.
 
     Builds the runtime first if needed. The file is written atomically: a temporary file in
     the destination folder, then ``os.replace``.
@@ -656,6 +725,10 @@ def link_model_wasm(
             flags.append("-Wl,--strip-all")
     elif not strip_names:
         flags.append("--profiling-funcs")  # -O2+ drops names unless asked to keep them
+    if shared_memory is None:
+        shared_memory = not webgpu
+    if shared_memory:
+        flags += _SHARED_MEMORY_LINK_FLAGS
     flags += list(extra_link_flags)
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -670,6 +743,8 @@ def link_model_wasm(
                 str(tmp), fcompile=_make_fcompile(emcc, runtime_objects, flags),
                 workspace_dir=workspace,
             )  # fmt: skip
+        if shared_memory:
+            export_imported_memory(tmp)
         os.chmod(tmp, 0o644)
         os.replace(tmp, out_path)
     finally:

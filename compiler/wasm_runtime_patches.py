@@ -9,6 +9,11 @@ text it expects is not there (a newer wheel may have fixed or moved it: then dro
   so the full-attention layers read the sliding window's page table and saw only the last window
   of tokens (browser ids diverged from native past ~32 tokens). The cached manager (CPU, CUDA) is
   correct. The patch gives the second copy of each array its own buffer.
+- web/emcc/wasm_runtime.cc: its TVMBackendParallelLaunch runs every parallel loop as one task on
+  the calling thread. Ours (wasm_runtime/src/thread_pool.cc) splits it across compute threads
+  when the CPU library runs on a shared memory, so TVM's two definitions are removed.
+- src/runtime/device_api.cc: TVMBackendAllocWorkspace/FreeWorkspace become ...Unlocked; the
+  thread pool's versions call them under a lock, since kernels on compute threads call them too.
 """
 
 from __future__ import annotations
@@ -86,4 +91,47 @@ def patch_attn_utils(text: str) -> str:
     return text[:start] + cls + text[end:]
 
 
-PATCHES: dict[str, Callable[[str], str]] = {"src/runtime/vm/attn_utils.h": patch_attn_utils}
+_SERIAL_PARALLEL_LAUNCH = """int TVMBackendParallelLaunch(FTVMParallelLambda flambda, void* cdata, int num_task) {
+  TVMParallelGroupEnv env;
+  env.num_task = 1;
+  flambda(0, &env, cdata);
+  return 0;
+}
+
+int TVMBackendParallelBarrier(int task_id, TVMParallelGroupEnv* penv) { return 0; }
+"""
+
+
+def patch_parallel_launch(text: str) -> str:
+    """Drop the serial TVMBackendParallelLaunch/Barrier: thread_pool.cc defines them."""
+    if text.count(_SERIAL_PARALLEL_LAUNCH) != 1:
+        raise RuntimeError("wasm_runtime.cc is not the TVM 0.27 text this patch expects; review compiler/wasm_runtime_patches.py")
+    return text.replace(_SERIAL_PARALLEL_LAUNCH, "// TVMBackendParallelLaunch/Barrier: AAE's wasm_runtime/src/thread_pool.cc\n")
+
+
+# TVM's definition heads, and what they become (a C declaration first, as the originals have one
+# in c_backend_api.h).
+_WORKSPACE_RENAMES = (
+    ("void* TVMBackendAllocWorkspace(int device_type,",
+     'extern "C" void* TVMBackendAllocWorkspaceUnlocked(int, int, uint64_t, int, int);\n'
+     "void* TVMBackendAllocWorkspaceUnlocked(int device_type,"),
+    ("int TVMBackendFreeWorkspace(int device_type,",
+     'extern "C" int TVMBackendFreeWorkspaceUnlocked(int, int, void*);\n'
+     "int TVMBackendFreeWorkspaceUnlocked(int device_type,"),
+)  # fmt: skip
+
+
+def patch_workspace_functions(text: str) -> str:
+    """Rename TVM's workspace entry points to ...Unlocked (thread_pool.cc wraps them in a lock)."""
+    for old, new in _WORKSPACE_RENAMES:
+        if text.count(old) != 1:
+            raise RuntimeError("device_api.cc is not the TVM 0.27 text this patch expects; review compiler/wasm_runtime_patches.py")
+        text = text.replace(old, new)
+    return text
+
+
+PATCHES: dict[str, Callable[[str], str]] = {
+    "src/runtime/device_api.cc": patch_workspace_functions,
+    "src/runtime/vm/attn_utils.h": patch_attn_utils,
+    "web/emcc/wasm_runtime.cc": patch_parallel_launch,
+}

@@ -143,7 +143,9 @@ function onProgress(report) {
     // The engine says where the model runs: WebGPU, or its CPU library where WebGPU cannot.
     state.device = report.device;
     state.adapter = report.adapter ?? null;
-    text += report.device === "wasm" ? " · running on the CPU (WebAssembly, slower than WebGPU)" : ` · running on WebGPU (${report.adapter || "GPU"})`;
+    // adapter for the CPU library: "CPU (WebAssembly, N threads)".
+    const cpu = (report.adapter || "CPU (WebAssembly)").replace(/^CPU /, "");
+    text += report.device === "wasm" ? ` · running on the CPU ${cpu}, slower than WebGPU` : ` · running on WebGPU (${report.adapter || "GPU"})`;
   }
   $("progress-text").textContent = text;
 }

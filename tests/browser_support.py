@@ -140,6 +140,16 @@ def native_greedy(model: str, quantization: str, prompt_ids: list[int], n: int, 
         rt.close()
 
 
+def cpu_threads(adapter: str) -> int:
+    """The thread count in the engine's description of its CPU library ("CPU (WebAssembly, 2
+    threads)"); fails on any other text."""
+    import re
+
+    m = re.fullmatch(r"CPU \(WebAssembly, (\d+) threads?\)", adapter)
+    assert m, f"not a CPU library description: {adapter!r}"
+    return int(m.group(1))
+
+
 def site_url(srv: Any, model_id: str, adapter: browser.Adapter, *, autoload: bool = True) -> str:
     """The demo page for `model_id` on `adapter` (?adapter=compat asks for the compatibility adapter)."""
     q = f"?model={model_id}"

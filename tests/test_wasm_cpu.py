@@ -11,6 +11,7 @@ chunked prefill, batch decode, ...) that the WebGPU route runs in Chromium.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from browser_support import WEB, build, load_in_site, native_greedy, playwright, site_url, web_dist, web_models_dir  # noqa: F401  (fixtures)
+from browser_support import WEB, build, cpu_threads, load_in_site, native_greedy, playwright, site_url, web_dist, web_models_dir  # noqa: F401  (fixtures)
 from conftest import STORIES_REFERENCE_IDS, STORIES_REFERENCE_TEXT
 
 
@@ -36,10 +37,40 @@ def test_wasm_target_and_library_name() -> None:
     assert model_lib_name("m-q4f32_1", "cpu") == "m-q4f32_1-cpu.so"
 
 
+def test_export_imported_memory_adds_the_memory_export(tmp_path: Path) -> None:
+    """A CPU library imports its (shared) memory; tvmjs reads it from the exports, and wasm-ld 14
+    cannot export an imported memory, so the link adds the export to the binary."""
+    from sphere_aae.wasm_runtime import export_imported_memory
+
+    def section(sid: int, body: bytes) -> bytes:
+        return bytes([sid, len(body)]) + body
+
+    memory_import = b"\x01\x03env\x06memory\x02\x03\x01\x04"  # env.memory: shared, 1..4 pages
+    module = (b"\0asm\x01\0\0\0" + section(1, b"\x01\x60\x00\x00") + section(2, memory_import)
+              + section(3, b"\x01\x00") + section(7, b"\x01\x01f\x00\x00") + section(10, b"\x01\x02\x00\x0b"))
+    path = tmp_path / "m.wasm"
+    path.write_bytes(module)
+    export_imported_memory(path)
+    script = ("const m = new WebAssembly.Module(require('fs').readFileSync(process.argv[1]));"
+              "const memory = new WebAssembly.Memory({initial: 1, maximum: 4, shared: true});"
+              "const i = new WebAssembly.Instance(m, {env: {memory}});"
+              "console.log(JSON.stringify([WebAssembly.Module.exports(m), i.exports.memory === memory]));")
+    p = subprocess.run([shutil.which("node") or "node", "-e", script, str(path)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout) == [[{"name": "f", "kind": "function"}, {"name": "memory", "kind": "memory"}], True]
+
+
 def _node(*args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
     node = shutil.which("node")
     assert node, "node is needed"
     return subprocess.run([node, *args], cwd=WEB, capture_output=True, text=True, timeout=timeout)
+
+
+def _greedy_ids(folder: Path, prompt: list[int], n: int, threads: int) -> dict[str, Any]:
+    """web/scripts/greedy-ids.mjs on the folder's CPU library with `threads` threads."""
+    p = _node("scripts/greedy-ids.mjs", "--device", "wasm", "--threads", str(threads), str(folder), ",".join(map(str, prompt)), str(n))
+    assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
+    return json.loads(p.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.slow
@@ -53,11 +84,13 @@ def test_stories260k_wasm_cpu_ids_equal_native(stories_dir: Path, web_models_dir
     native = native_greedy(str(stories_dir), "q0f32", STORIES_REFERENCE_IDS[:5], n)
     assert native == STORIES_REFERENCE_IDS, "the native engine drifted from the fixture's reference"
 
-    p = _node("scripts/greedy-ids.mjs", "--device", "wasm", str(folder), ",".join(map(str, STORIES_REFERENCE_IDS[:5])), str(n))
-    assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
-    result = json.loads(p.stdout.strip().splitlines()[-1])
-    print(f"[wasm cpu] stories260K decode {result['decode_tok_s']:.0f} tok/s in Node")
-    assert result["ids"] == native
+    # The library imports a shared memory: 2 threads run its parallel loops on a worker too;
+    # 1 thread turns the import into a plain memory (what a page without isolation gets).
+    for threads in (2, 1):
+        result = _greedy_ids(folder, STORIES_REFERENCE_IDS[:5], n, threads)
+        print(f"[wasm cpu] stories260K decode {result['decode_tok_s']:.0f} tok/s in Node, {threads} thread(s)")
+        assert result["threads"] == threads
+        assert result["ids"] == native
 
     # The whole engine (tokenizer, scheduler, KV reuse, popN, batch decode...) on the CPU library.
     p = _node("scripts/integration-node.mjs", "--device", "wasm", str(folder))
@@ -115,7 +148,8 @@ def test_chromium_without_webgpu_answers_through_the_cpu_library(
         r = page.evaluate(RUN_JS, {"modelUrl": model_url, "adapterOptions": None, "config": config})
         seeded = browser_seeded(page, srv, folder, None, SEEDED_REQUESTS)
     assert chosen["device"] == "wasm", chosen
-    assert chosen["adapter"] == "CPU (WebAssembly)"
+    # aae-web serve makes the page cross-origin isolated: the kernels run on every core.
+    assert cpu_threads(chosen["adapter"]) == (os.cpu_count() or 1), chosen
     assert chosen["ids"] == STORIES_REFERENCE_IDS
     report = "\n".join(r["lines"])
     print(report)
@@ -154,7 +188,7 @@ def test_chat_page_without_webgpu_answers_through_the_cpu_library(
             assert errors == []
         finally:
             ctx.close()
-    assert where["device"] == "wasm" and where["adapter"] == "CPU (WebAssembly)", where
+    assert where["device"] == "wasm" and cpu_threads(where["adapter"]) == (os.cpu_count() or 1), where
     assert "running on the CPU" in where["text"], where
     assert answer["promptIds"] + answer["ids"] == native
     assert answer["finish"] == "length"
@@ -184,11 +218,11 @@ def test_smollm2_q4f32_1_wasm_cpu_ids_equal_native(web_dist: Path, tmp_path: Pat
     n = 16
     native = native_greedy("SmolLM2-135M-Instruct", "q4f32_1", prompt, n)
     assert native[5:7] == [7042, 30], "native: ' Paris.'"
-    p = _node("scripts/greedy-ids.mjs", "--device", "wasm", str(folder), ",".join(map(str, prompt)), str(n))
-    assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
-    result = json.loads(p.stdout.strip().splitlines()[-1])
-    print(f"[wasm cpu] SmolLM2 q4f32_1 prefill {result['prefill_s']:.2f} s, decode {result['decode_tok_s']:.1f} tok/s in Node")
-    assert result["ids"] == native
+    for threads in (2, 1):
+        result = _greedy_ids(folder, prompt, n, threads)
+        print(f"[wasm cpu] SmolLM2 q4f32_1 prefill {result['prefill_s']:.2f} s, decode {result['decode_tok_s']:.1f} tok/s in Node, {threads} thread(s)")
+        assert result["threads"] == threads
+        assert result["ids"] == native
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ with test_browser_models.py (SwiftShader) both routes reproduce the reference id
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from browser_support import playwright, web_dist, web_models_dir, webgpu_route  # noqa: F401
+from browser_support import cpu_threads, playwright, web_dist, web_models_dir, webgpu_route  # noqa: F401
 from conftest import STORIES_REFERENCE_IDS, STORIES_REFERENCE_TEXT
 from sphere_aae.web.bench import format_web_bench
 
@@ -93,7 +94,7 @@ def test_cli_wasm_beside_webgpu_on_stories260k(stories_dir: Path, web_models_dir
         for k in ("load_s", "warm_load_s", "ttft_s", "prefill_tok_s", "decode_tok_s"):
             assert isinstance(r[k], (int, float)) and 0 < r[k] < 1e6, (r["adapter_route"], k, r[k])
         assert r["warm_fetched_requests"] == 0
-    assert cpu["adapter"] == "CPU (WebAssembly)"
+    assert cpu_threads(cpu["adapter"]) == (os.cpu_count() or 1), cpu
     folder = web_models_dir / cpu["model"]
     assert cpu["wasm_bytes"] == (folder / f"{cpu['model']}-wasm.wasm").stat().st_size
     assert gpu["wasm_bytes"] == (folder / f"{gpu['model']}-webgpu.wasm").stat().st_size

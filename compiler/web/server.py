@@ -12,6 +12,11 @@ answer conditional requests (304) so a browser's revalidation is visible but che
 access log a test can read to prove that a second page load fetched no shard.
 
 Byte ranges (206 / 416) come from starlette's FileResponse.
+
+Every response makes the page cross-origin isolated (COOP same-origin + COEP require-corp): only
+then may a page share memory with workers, which the CPU library's compute threads need
+(web/src/wasm_threads.ts). Everything here is same-origin, and the engine fetches models from
+other origins with CORS, which require-corp allows.
 """
 
 from __future__ import annotations
@@ -298,6 +303,33 @@ def _not_found(what: str = "Not Found") -> Response:
     return PlainTextResponse(what, status_code=404, headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
 
 
+# Headers that make a page cross-origin isolated (see the module docstring).
+ISOLATION_HEADERS: dict[str, str] = {
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Embedder-Policy": "require-corp",
+}
+
+
+class IsolationHeadersMiddleware:
+    """Adds ISOLATION_HEADERS to every HTTP response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in ISOLATION_HEADERS.items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *self.raw]}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
 def _serve_from(root: Path, rel: str, url_path: str, request: Request, index: bool) -> Response:
     target = safe_join(root, rel)
     if target is None:
@@ -349,6 +381,7 @@ def create_app(
     ]
     app = Starlette(routes=routes)
     app.add_middleware(AccessLogMiddleware, access_log=alog)
+    app.add_middleware(IsolationHeadersMiddleware)
     app.state.access_log = alog
     app.state.site_dir = site
     app.state.models_dir = models

@@ -2,19 +2,28 @@
 // ModelRuntime from dist/index.js: the code the Engine runs), without tokenizer or sampling, so
 // they compare one to one with the native engine's (tests/browser_support.py native_greedy).
 //
-//   node scripts/greedy-ids.mjs [--device wasm|webgpu] <model-folder> <prompt ids, comma-separated> <n>
+//   node scripts/greedy-ids.mjs [--device wasm|webgpu] [--threads N] <model-folder> <prompt ids, comma-separated> <n>
 //
 // --device wasm (default): the folder's CPU library (model_lib.wasm), no WebGPU. --device webgpu
 // runs on Dawn (npm `webgpu`; set VK_ICD_FILENAMES as integration-node.mjs says).
-// Prints one JSON line: {"device", "ids" (prompt + n generated), "prefill_s", "decode_tok_s"}.
+// --threads: the CPU library's threads (default: every core). Prints one JSON line: {"device",
+// "threads", "ids" (prompt + n generated), "prefill_s", "decode_tok_s"}.
 import { readFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 
 const args = process.argv.slice(2);
-const deviceAt = args.indexOf("--device");
-const device = deviceAt >= 0 ? args[deviceAt + 1] : "wasm";
-const rest = args.filter((_, i) => deviceAt < 0 || (i !== deviceAt && i !== deviceAt + 1));
+const option = (name) => {
+  const at = args.indexOf(name);
+  if (at < 0) return undefined;
+  const value = args[at + 1];
+  args.splice(at, 2);
+  return value;
+};
+const device = option("--device") ?? "wasm";
+const threadsText = option("--threads");
+const threads = threadsText === undefined ? undefined : Number(threadsText);
+const rest = args;
 const [folder, promptText, nText] = rest;
 if (!folder || !promptText || !nText || !["webgpu", "wasm"].includes(device)) {
   console.error("usage: node scripts/greedy-ids.mjs [--device wasm|webgpu] <model-folder> <ids,comma-separated> <n>");
@@ -52,9 +61,10 @@ const backend = await aae.TVMBackend.load({
   manifest,
   baseUrl,
   loader,
-  logger: () => {},
+  logger: (m) => console.error(m),
   onCompileProgress: () => {},
   maxBatchSize: 1,
+  threads,
 });
 const runtime = new aae.ModelRuntime(backend, {
   contextWindowSize: config.context_window_size,
@@ -79,5 +89,6 @@ for (;;) {
   logits = (await runtime.decode([seq], [out[out.length - 1]]))[0];
 }
 const decodeS = (performance.now() - t) / 1000;
+const threadCount = backend.threadCount;
 backend.dispose();
-console.log(JSON.stringify({ device, ids: [...promptIds, ...out], prefill_s: prefillS, decode_tok_s: n > 1 ? (n - 1) / decodeS : null }));
+console.log(JSON.stringify({ device, threads: threadCount, ids: [...promptIds, ...out], prefill_s: prefillS, decode_tok_s: n > 1 ? (n - 1) / decodeS : null }));

@@ -132,6 +132,16 @@ export interface EngineConfig {
    * function calling). Native: the chat_template engine option (which also takes a name).
    */
   chatTemplate?: string;
+  /**
+   * Threads for the CPU library's kernels, the engine's own included (default: every logical
+   * core). More than one needs SharedArrayBuffer and workers: Node, or a cross-origin isolated
+   * page (COOP same-origin + COEP require-corp, as `aae-web serve` sends); elsewhere it is one.
+   */
+  threads?: number;
+}
+
+function threadsText(n: number): string {
+  return n === 1 ? "1 thread" : `${n} threads`;
 }
 
 /** Per-call options, as the OpenAI JS client's second argument. */
@@ -351,7 +361,6 @@ export class Engine implements EngineInterface {
           this.log(`WebGPU cannot run ${modelId} (${(e as Error).message}); using its CPU library (wasm)`);
         }
       }
-      if (libDevice === "wasm") this.adapterDescription = "CPU (WebAssembly)";
       manifest ??= await fetchManifest();
       const { tokenizer, template, tokenizerJson } = await fetchTokenizer(loader, baseUrl, config);
 
@@ -370,7 +379,9 @@ export class Engine implements EngineInterface {
         logger: (m) => this.log(m),
         onCompileProgress: (f, text) => report("compile", f, text, lastDownload),
         maxBatchSize: this.maxBatchSize(config),
+        threads: this.config.threads,
       });
+      if (libDevice === "wasm") this.adapterDescription = `CPU (WebAssembly, ${threadsText(backend.threadCount)})`;
       if (abort.signal.aborted) {
         backend.dispose();
         abort.signal.throwIfAborted();

@@ -12,6 +12,7 @@
  */
 import tvmjs from "@mlc-ai/web-runtime";
 import type { Instance, PackedFunc, Tensor, TVMObject, VirtualMachine } from "@mlc-ai/web-runtime";
+import { ComputeThreads, prepareCpuLibrary } from "./wasm_threads.js";
 
 import { KV_BUILTINS, KV_PAGE_SIZE, VM_FUNCTIONS, WEBGPU_EXACT_PAGED_PREFILL_BELOW_HEAD_DIM, type ChatConfig, type TensorManifest } from "./artifact.js";
 import type { ArtifactLoader } from "./cache.js";
@@ -219,6 +220,35 @@ async function ensureNodeRequire(): Promise<void> {
   }
 }
 
+/** The parts of tvmjs' Emscripten WASI shim that a library with an imported memory needs. */
+interface WasiShim {
+  imports: { env: Record<string, unknown>; wasi_snapshot_preview1: Record<string, unknown> };
+}
+
+/**
+ * Hand the shim the library's imported memory (tvmjs reads it from `env.memory`), and replace its
+ * fd_write: the shim decodes text straight from the wasm memory, which a browser's TextDecoder
+ * refuses when that memory is shared.
+ */
+function provideMemory(wasi: WasiShim, memory: WebAssembly.Memory, logger: (msg: string) => void): void {
+  wasi.imports.env["memory"] = memory;
+  const decoder = new TextDecoder();
+  wasi.imports.wasi_snapshot_preview1["fd_write"] = (fd: number, iovs: number, iovsLen: number, nwritten: number): number => {
+    const view = new DataView(memory.buffer);
+    let text = "";
+    let total = 0;
+    for (let i = 0; i < iovsLen; i++) {
+      const ptr = view.getUint32(iovs + i * 8, true);
+      const len = view.getUint32(iovs + i * 8 + 4, true);
+      text += decoder.decode(new Uint8Array(memory.buffer, ptr, len).slice(), { stream: true });
+      total += len;
+    }
+    view.setUint32(nwritten, total, true);
+    if (text.trim()) logger(`[${fd === 2 ? "stderr" : "stdout"}] ${text.trimEnd()}`);
+    return 0;
+  };
+}
+
 function int64(v: number): unknown {
   // Integers must cross into TVM as int64 scalars: a bare JS number is passed as a float.
   return new tvmjs.Scalar(v, "int64");
@@ -249,7 +279,13 @@ export class TVMBackend implements ForwardBackend {
   private readonly logitsCPU = new Map<number, Tensor>();
   private disposed = false;
 
-  private constructor(tvm: Instance, device: LibraryDevice, config: ChatConfig, paramTensors: Tensor[], maxBatchSize: number) {
+  private constructor(
+    tvm: Instance,
+    device: LibraryDevice,
+    config: ChatConfig,
+    paramTensors: Tensor[],
+    maxBatchSize: number,
+  ) {
     this.tvm = tvm;
     this.device = device;
     this.dev = device === "webgpu" ? tvm.webgpu() : tvm.cpu();
@@ -307,13 +343,21 @@ export class TVMBackend implements ForwardBackend {
     logger: (msg: string) => void;
     onCompileProgress: (fraction: number, text: string) => void;
     maxBatchSize: number;
+    /** A CPU library's threads, the caller's included (default: every logical core; 1: none started). */
+    threads?: number | undefined;
   }): Promise<TVMBackend> {
     const { config, manifest, maxBatchSize } = args;
     await ensureNodeRequire();
-    const wasmBuffer = args.wasm.buffer.slice(args.wasm.byteOffset, args.wasm.byteOffset + args.wasm.byteLength) as ArrayBuffer;
+    // A CPU library imports its memory, shared when its parallel loops can use compute threads.
+    const cpu = args.device ? null : await prepareCpuLibrary(args.wasm, args.threads);
+    if (cpu?.singleThreadReason) args.logger(`The CPU library runs on one thread: ${cpu.singleThreadReason}`);
+    const bytes = cpu?.bytes ?? args.wasm;
+    const wasmBuffer = bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength) as ArrayBuffer;
     let tvm: Instance;
     try {
-      tvm = await tvmjs.instantiate(wasmBuffer, tvmjs.createPolyfillWASI() as unknown as Record<string, unknown>, args.logger);
+      const wasi = tvmjs.createPolyfillWASI() as unknown as WasiShim;
+      if (cpu?.memory) provideMemory(wasi, cpu.memory, args.logger);
+      tvm = await tvmjs.instantiate(wasmBuffer, wasi as unknown as Record<string, unknown>, args.logger);
     } catch (e) {
       throw new ArtifactFormatError(
         `The model library (${args.wasmUrl}) could not be instantiated: ${(e as Error)?.message ?? String(e)}. ` +
@@ -322,6 +366,7 @@ export class TVMBackend implements ForwardBackend {
         { cause: e },
       );
     }
+    let threads: ComputeThreads | null = null;
     try {
       const device: LibraryDevice = args.device ? "webgpu" : "wasm";
       if (args.device) tvm.initWebGPU(args.device);
@@ -355,6 +400,11 @@ export class TVMBackend implements ForwardBackend {
 
       tvm.registerInitProgressCallback((r) => args.onCompileProgress(r.progress, r.text));
       const backend = new TVMBackend(tvm, device, config, tensors, maxBatchSize);
+      if (cpu?.memory && cpu.threads > 1) {
+        const module = await WebAssembly.compile(wasmBuffer); // V8 reuses the code compiled above
+        threads = await ComputeThreads.start(module, cpu.memory, tvm.exports as unknown as Parameters<typeof ComputeThreads.start>[2], cpu.threads);
+        backend.threads = threads;
+      }
       if (device === "webgpu") {
         // Compile every WGSL kernel now (asynchronously, in parallel) rather than on first use.
         await tvm.asyncLoadWebGPUPipelines(backend.vm.getInternalModule());
@@ -364,6 +414,7 @@ export class TVMBackend implements ForwardBackend {
       }
       return backend;
     } catch (e) {
+      threads?.stop();
       try {
         tvm.dispose();
       } catch {
@@ -453,6 +504,14 @@ export class TVMBackend implements ForwardBackend {
     }
   }
 
+  /** Threads the kernels run on: a CPU library's compute threads and the caller; 1 on WebGPU. */
+  get threadCount(): number {
+    return this.threads?.count ?? 1;
+  }
+
+  /** The CPU library's compute threads, once started (after the KV cache exists). */
+  private threads: ComputeThreads | null = null;
+
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
@@ -467,6 +526,7 @@ export class TVMBackend implements ForwardBackend {
         /* the device may already be lost; the instance dispose below frees everything anyway */
       }
     }
+    this.threads?.stop();
     try {
       this.tvm.dispose(); // also destroys the GPUDevice, releasing all GPU memory
     } catch {

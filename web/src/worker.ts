@@ -48,6 +48,8 @@ export interface WorkerEngineOptions {
   maxBatchSize?: number;
   /** A chat template's Jinja text, replacing the chat config's (EngineConfig.chatTemplate). */
   chatTemplate?: string;
+  /** EngineConfig.threads: the CPU library's threads (default: every logical core). */
+  threads?: number;
 }
 
 type Method = "configure" | "reload" | "resetChat" | "runtimeStatsText" | "unload" | "chatCompletion" | "completion";
