@@ -42,7 +42,6 @@ int TVMBackendFreeWorkspaceUnlocked(int device_type, int device_id, void* ptr);
 int TVMBackendParallelBarrier(int task_id, TVMParallelGroupEnv* penv);
 int AAEThreadPoolSetWorkers(int num_workers);
 int AAEThreadPoolReadyCount(void);
-int AAEThreadPoolNumThreads(void);
 void AAEThreadPoolWorkerLoop(int worker_index);
 void AAEThreadPoolStop(void);
 void AAEThreadPoolWorkerFailed(void);
@@ -125,8 +124,6 @@ EMSCRIPTEN_KEEPALIVE int AAEThreadPoolSetWorkers(int num_workers) {
   pool.num_workers = num_workers < 0 ? 0 : num_workers;
   return pool.num_workers;
 }
-
-EMSCRIPTEN_KEEPALIVE int AAEThreadPoolNumThreads(void) { return pool.num_workers + 1; }
 
 EMSCRIPTEN_KEEPALIVE int TVMBackendParallelLaunch(FTVMParallelLambda flambda, void* cdata, int num_task) {
   int32_t workers = pool.num_workers;
