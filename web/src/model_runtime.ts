@@ -401,7 +401,9 @@ export class TVMBackend implements ForwardBackend {
       tvm.registerInitProgressCallback((r) => args.onCompileProgress(r.progress, r.text));
       const backend = new TVMBackend(tvm, device, config, tensors, maxBatchSize);
       if (cpu?.memory && cpu.threads > 1) {
-        const module = await WebAssembly.compile(wasmBuffer); // V8 reuses the code compiled above
+        // For the workers: tvmjs keeps no WebAssembly.Module. V8 caches compiled modules by their bytes
+        // (so this should be cheap; not measured here).
+        const module = await WebAssembly.compile(wasmBuffer);
         threads = await ComputeThreads.start(module, cpu.memory, tvm.exports as unknown as Parameters<typeof ComputeThreads.start>[2], cpu.threads);
         backend.threads = threads;
       }
