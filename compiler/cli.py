@@ -151,7 +151,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
     contexts = [int(n) for n in a.context.split(",") if n.strip()] if a.context else []
     result = run_bench(a.model, quantization=a.quantization, device=a.device, prompt=a.prompt,
                        max_tokens=a.max_tokens, model_lib=a.model_lib, overrides=a.overrides, against=against, contexts=contexts,
-                       streams=a.streams, structured=a.structured)
+                       streams=a.streams, structured=a.structured, repeat=a.repeat)
     print(json.dumps(result) if a.json else format_bench(result))
     return 0
 
@@ -301,6 +301,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
             p.add_argument("--streams", type=int, default=1, help="also run N concurrent requests (batched decode)")
             p.add_argument("--structured", action="store_true",
                            help="also measure structured output: the grammar's cost per token against a decode step")
+            p.add_argument("--repeat", type=int, default=3,
+                           help="measure each figure this many times on every side and keep the best (default 3)")
             p.add_argument("--json", action="store_true")
         p.set_defaults(func=func)
     p = sub.add_parser("tokenizer-server", help="tokenizer HTTP server (encode/decode/chat template) for device runtimes")

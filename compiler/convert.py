@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -129,7 +130,7 @@ def convert_weight(
         kinds = Counter(unquantized_kind(n, s) for n, s in left)
         summary = ", ".join(f"{count} x {kind}" for kind, count in kinds.items())
         print(f"[convert] {len(quantized)} matrices quantized; left in {quantization.model_dtype}: {summary} "
-              f"(listed in {artifact.MANIFEST} under 'unquantized')", flush=True)
+              f"(listed in {artifact.MANIFEST} under 'unquantized')", file=sys.stderr, flush=True)
     manifest = {
         "format_version": artifact.FORMAT_VERSION,
         "quantization": quantization.name,

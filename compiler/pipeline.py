@@ -190,7 +190,7 @@ def ensure_model_folder(model: str, quantization: str | None, device: str, *, pr
 
         get_scheme(quantization)  # fail fast on a bad name (no cache entry has one)
         if progress:
-            print(f"[convert] {path} -> {out} ({quantization})", flush=True)
+            print(f"[convert] {path} -> {out} ({quantization})", file=sys.stderr, flush=True)
         build_model_folder(path, quantization, out, progress=progress)
     return out
 
@@ -229,7 +229,7 @@ def ensure_library(model_dir: Path, device: str, *, debug_functions: bool = Fals
 
             compile_model(model_dir, device, lib, debug_functions=debug_functions, progress=progress)
     elif progress:
-        print(f"[compile] reusing cached library {lib}", flush=True)
+        print(f"[compile] reusing cached library {lib}", file=sys.stderr, flush=True)
     return lib
 
 
