@@ -69,10 +69,12 @@ demo: setup
 chat: setup
 	$(VENV)/bin/sphere_aae chat $(MODEL)
 
-# The native benchmark against transformers and llama.cpp, in one run on this machine.
+# The native benchmark against transformers and llama.cpp, in one run on this machine, at the
+# fastest CPU scheme (int8 activations; `make bench BENCH_QUANT=q4f32_1` for the f32 one).
 BENCH_PROMPT ?= You are a helpful assistant. Write a short poem about the sea. Make it rhyme, and give it a title. It should have three stanzas of four lines each, about the waves.
+BENCH_QUANT ?= q4f32_1a8
 bench: python llamacpp
-	$(PY) -m sphere_aae bench $(MODEL) -q $(QUANT) --against transformers,llama.cpp --context 1024 \
+	$(PY) -m sphere_aae bench $(MODEL) -q $(BENCH_QUANT) --against transformers,llama.cpp --context 1024 \
 	  --streams 4 --max-tokens 64 --prompt "$(BENCH_PROMPT)"
 
 # llama.cpp's Python binding (optional: only `bench --against llama.cpp` uses it), built from

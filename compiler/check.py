@@ -111,7 +111,7 @@ def _apply_quantization_round_trip(ref: Any, quantization: str) -> None:
         for name, p in ref.named_parameters():
             if p.ndim == 2 and scheme.weight is not None:
                 w = p.detach().float().numpy()
-                stored = quantize_array(w, scheme.weight, scheme.model_dtype)
+                stored = quantize_array(w, scheme.weight, scheme.stored_scale_dtype)
                 p.copy_(torch.from_numpy(dequantize_array(stored, w.shape[1], scheme.weight)))
             elif scheme.model_dtype == "float16":
                 p.copy_(p.half().float())

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from . import artifact, sampling_kernel
 from .build_info import DEVICES, compile_metadata, host_cpu
 from .schedules import get_cpu_pipeline, get_gpu_pipeline
 from .models import config_from_dict, get_architecture
-from .quantization import get_scheme, quantize_model
+from .quantization import check_device, get_scheme, quantize_model
 
 # Devices whose library is one `.wasm` for the browser engine (linked with TVM's web runtime).
 WASM_DEVICES = ("webgpu", "wasm")
@@ -67,6 +68,7 @@ def export_ir(chat_config: dict[str, Any], device: str, debug_functions: bool = 
     arch = get_architecture(chat_config["model_type"])
     cfg = config_from_dict(chat_config["model_type"], chat_config["model_config"])
     scheme = get_scheme(chat_config["quantization"])
+    check_device(scheme, device)
     model, _, layouts = quantize_model(arch.build(cfg, scheme.model_dtype), scheme, device)
     target = make_target(device)
     with target:
@@ -135,4 +137,4 @@ def compile_model(
 
 def _say(progress: bool, msg: str) -> None:
     if progress:
-        print(msg, flush=True)
+        print(msg, file=sys.stderr, flush=True)

@@ -15,7 +15,9 @@ from conftest import STORIES_REFERENCE_IDS, STORIES_REFERENCE_TEXT, make_tiny_mo
 from sphere_aae import artifact
 from sphere_aae.check import run_check
 from sphere_aae.pipeline import build_model_folder, ensure_library
-from sphere_aae.quantization import SCHEMES, GroupQuantSpec, UnknownQuantizationError, dequantize_array, get_scheme, quantize_array
+from sphere_aae.compile import compile_model
+from sphere_aae.quantization import (SCHEMES, GroupQuantSpec, SchemeDeviceError, UnknownQuantizationError, dequantize_array,
+                                     get_scheme, quantize_array)
 from sphere_aae.runtime.model_runtime import ModelRuntime
 
 
@@ -109,6 +111,23 @@ def test_asymmetric_int4_reproduces_gguf_q4_1_blocks() -> None:
     spec = GroupQuantSpec(4, 32)
     back = dequantize_array(quantize_array(w, spec, "float32"), 128, spec)
     assert np.abs(back - w).max() < 1e-6
+    # q4f32_1a8 stores d and m in f16, as the GGUF block does: blocks with f16 d and m survive too.
+    d16, m16 = d.astype(np.float16).astype(np.float32), m.astype(np.float16).astype(np.float32)
+    w16 = (q * d16 + m16).reshape(16, 128)
+    stored = quantize_array(w16, spec, get_scheme("q4f32_1a8").stored_scale_dtype)
+    assert stored["q_scale"].dtype == stored["q_min"].dtype == np.float16
+    assert np.abs(dequantize_array(stored, 128, spec) - w16).max() < 1e-6
+
+
+def test_int8_activation_scheme_is_refused_off_the_cpu(tmp_path: Path, stories_dir: Path) -> None:
+    """q4f32_1a8's kernels are CPU (LLVM x86/ARM) code: other devices get an error naming the
+    scheme to use, before any compiling, and no library is written."""
+    folder = tmp_path / "stories-a8"
+    build_model_folder(stories_dir, "q4f32_1a8", folder, progress=False)
+    for device in ("webgpu", "wasm", "cuda"):
+        with pytest.raises(SchemeDeviceError, match=f"no kernels for {device}: use q4f32_1 there"):
+            compile_model(folder, device, tmp_path / f"lib-{device}")
+    assert not list(tmp_path.glob("lib-*"))
 
 
 def test_unknown_quantization_is_a_clear_error() -> None:

@@ -26,11 +26,12 @@ def test_q0f32_greedy_tokens_identical_to_transformers() -> None:
     assert r.max_abs_logit_err < 5e-3  # 49152 logits of magnitude ~20 through 30 layers in f32
 
 
-def test_q4f32_1_layer_similarity_and_coherent_answer() -> None:
-    r = run_check("SmolLM2-135M-Instruct", quantization="q4f32_1", level=1,
+@pytest.mark.parametrize("scheme", ["q4f32_1", "q4f32_1a8"])  # f32 activations; int8 matmul inputs (VNNI)
+def test_4bit_layer_similarity_and_coherent_answer(scheme: str) -> None:
+    r = run_check("SmolLM2-135M-Instruct", quantization=scheme, level=1,
                   prompt="The capital of France is", progress=False)
     assert r.min_layer_cosine >= 0.99, r.layer_cosine
-    prepared = prepare_model("SmolLM2-135M-Instruct", quantization="q4f32_1", progress=False)
+    prepared = prepare_model("SmolLM2-135M-Instruct", quantization=scheme, progress=False)
     rt = ModelRuntime(prepared.model_dir, prepared.lib_path)
     try:
         from tokenizers import Tokenizer

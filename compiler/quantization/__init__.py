@@ -9,6 +9,7 @@ Names follow MLC's pattern `q{weight bits}f{activation bits}_{variant}`:
 | q4f32_0, q4f16_0 | int4, groups of 32, scale only (symmetric) | f32 / f16 | MLC's q4f16_1 numerics; 0.5-1 bit/weight smaller |
 | q8f32_1, q8f16_1 | int8, groups of 32, scale + minimum | f32 / f16 | |
 | q4f16_2 | int4, groups of 128, scale + minimum | f16 | smaller, less exact |
+| q4f32_1a8 | int4, groups of 32, f16 scale + minimum | f32; matmul inputs int8 per group of 32 | CPU only: VNNI dot products (int8_activations.py); the fastest CPU decode |
 
 Unlike MLC, our `_1` variant is asymmetric: on SmolLM2-135M (from its Q4_1 GGUF) symmetric int4
 gives a final hidden-state cosine of 0.84 and wrong answers; asymmetric gives 0.999.
@@ -27,7 +28,7 @@ import numpy as np
 from tvm.relax.frontend import nn
 
 from ..models.base import Embedding
-from . import cpu_kernels
+from . import cpu_kernels, int8_activations
 from .group_quant import GroupQuantEmbedding, GroupQuantLinear, GroupQuantSpec, dequantize_array, quantize_array
 
 
@@ -36,6 +37,14 @@ class QuantScheme:
     name: str
     model_dtype: str  # activations, norms, scales
     weight: GroupQuantSpec | None = None  # None: weights kept in model_dtype
+    # Quantize each matmul's input row to int8 per group (int8_activations.py): integer dot
+    # products on the CPU.
+    int8_activations: bool = False
+    scale_dtype: str | None = None  # of the stored scales and minima; None: model_dtype
+
+    @property
+    def stored_scale_dtype(self) -> str:
+        return self.scale_dtype or self.model_dtype
 
     @property
     def needs_shader_f16(self) -> bool:
@@ -54,6 +63,10 @@ SCHEMES: dict[str, QuantScheme] = {
         QuantScheme("q8f32_1", "float32", GroupQuantSpec(bits=8, group_size=32)),
         QuantScheme("q8f16_1", "float16", GroupQuantSpec(bits=8, group_size=32)),
         QuantScheme("q4f16_2", "float16", GroupQuantSpec(bits=4, group_size=128)),
+        # f16 scales and minima, as GGUF's Q4_1 stores them (lossless from such a file): decode
+        # reads every weight byte once a token, and they are a third of q4f32_1's bytes.
+        QuantScheme("q4f32_1a8", "float32", GroupQuantSpec(bits=4, group_size=32), int8_activations=True,
+                    scale_dtype="float16"),
     ]
 }
 
@@ -69,6 +82,19 @@ def get_scheme(name: str) -> QuantScheme:
         raise UnknownQuantizationError(
             f"unknown quantization {name!r}; choose one of: {', '.join(SCHEMES)}"
         ) from None
+
+
+class SchemeDeviceError(ValueError):
+    pass
+
+
+def check_device(scheme: QuantScheme, device: str) -> None:
+    """Refuse a scheme the device has no kernels for, naming the one to use instead."""
+    if scheme.int8_activations and device != "cpu":
+        plain = scheme.name.removesuffix("a8")
+        raise SchemeDeviceError(
+            f"{scheme.name} quantizes matmul inputs to int8 for the CPU's integer dot products; it has no kernels "
+            f"for {device}: use {plain} there (the same 4-bit codes, f32 activations)")
 
 
 class _SwapModules(nn.Mutator):
@@ -88,16 +114,24 @@ class _SwapModules(nn.Mutator):
             del self.layouts[f"{name}.q_min"]
         return cpu_kernels.LAYOUT
 
+    def _int8_activations(self, layout: str | None) -> bool:
+        """The int8 kernels read the interleaved layout; a matrix without it (not a multiple of
+        16 rows, ...) keeps f32 activations."""
+        spec = self.scheme.weight
+        return self.scheme.int8_activations and layout is not None and spec is not None and int8_activations.eligible(spec)
+
     def visit_module(self, name: str, node: nn.Module):
         spec, dtype = self.scheme.weight, self.scheme.model_dtype
         if spec is not None and isinstance(node, nn.Linear):
             self.quantized[f"{name}.weight"] = node.in_features
             layout = self._layout(name, node.out_features, node.in_features)
-            return GroupQuantLinear(node.in_features, node.out_features, spec, dtype, bias=node.bias is not None, layout=layout)
+            return GroupQuantLinear(node.in_features, node.out_features, spec, dtype, bias=node.bias is not None, layout=layout,
+                                    int8_activations=self._int8_activations(layout), scale_dtype=self.scheme.stored_scale_dtype)
         if spec is not None and isinstance(node, Embedding):
             self.quantized[f"{name}.weight"] = int(node.dim)
             layout = self._layout(name, int(node.num), int(node.dim))
-            return GroupQuantEmbedding(int(node.num), int(node.dim), spec, dtype, layout=layout)
+            return GroupQuantEmbedding(int(node.num), int(node.dim), spec, dtype, layout=layout,
+                                       int8_activations=self._int8_activations(layout), scale_dtype=self.scheme.stored_scale_dtype)
         return self.visit(name, node)
 
 
@@ -132,7 +166,7 @@ def convert_param(name: str, weight: np.ndarray, scheme: QuantScheme, quantized:
     """One float weight (our unquantized name) -> the stored tensors, named as the model declares."""
     if name in quantized:
         assert scheme.weight is not None
-        stored = quantize_array(weight.astype(np.float32), scheme.weight, scheme.model_dtype)
+        stored = quantize_array(weight.astype(np.float32), scheme.weight, scheme.stored_scale_dtype)
         base = name[: -len(".weight")]
         return {f"{base}.{key}": value for key, value in stored.items()}
     return {name: weight.astype(scheme.model_dtype)}
@@ -142,6 +176,8 @@ __all__ = [
     "SCHEMES",
     "GroupQuantSpec",
     "QuantScheme",
+    "SchemeDeviceError",
+    "check_device",
     "UnknownQuantizationError",
     "convert_param",
     "dequantize_array",

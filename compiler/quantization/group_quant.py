@@ -26,7 +26,7 @@ from tvm import te, tirx
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import Tensor, op
 
-from . import cpu_kernels
+from . import cpu_kernels, int8_activations
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,40 +116,48 @@ def _dequantize_te(tensors: list[te.Tensor], rows, in_features: int, spec: Group
         code = tirx.bitwise_and(tirx.shift_right(word, shift), mask).astype(dtype)
         group = j // spec.group_size
         if spec.symmetric:
-            return (code - tirx.const(spec.max_int, dtype)) * at(q_scale, i, group)
-        return code * at(q_scale, i, group) + at(tensors[2], i, group)
+            return (code - tirx.const(spec.max_int, dtype)) * at(q_scale, i, group).astype(dtype)
+        return code * at(q_scale, i, group).astype(dtype) + at(tensors[2], i, group).astype(dtype)
 
     return te.compute((rows, in_features), element, name="dequantize")
 
 
 def _cpu_matmul(x: Tensor, stored: list[Tensor], out_features: int, in_features: int, spec: GroupQuantSpec,
-                name: str) -> Tensor:
-    """x[..., in] @ W^T with cpu_kernels' hand-written kernel on the interleaved layout."""
+                name: str, int8_x: bool) -> Tensor:
+    """x[..., in] @ W^T with the hand-written kernels on the interleaved layout: cpu_kernels'
+    (f32 x) or, with `int8_x`, int8_activations' (x quantized first, then integer dot products).
+    The kernels take x's leading dimensions as they are (no reshape around them)."""
     lead = list(x.shape[:-1])
-    rows = 1
-    for d in lead:
-        rows = rows * d
-    single = isinstance(rows, int) and rows == 1  # decode: one row, no tile bookkeeping
-    kernel = cpu_kernels.matmul_kernel(out_features, in_features, spec, 1 if single else cpu_kernels.M_TILE)
-    flat = op.reshape(x, [rows, in_features])
-    out = op.tensor_ir_op(kernel, name, args=[flat, *stored], out=Tensor.placeholder([rows, out_features], "float32"))
-    return op.reshape(out, [*lead, out_features])
+    single = all(isinstance(d, int) and d == 1 for d in lead)  # decode: one row, no tile bookkeeping
+    m_tile = 1 if single else cpu_kernels.M_TILE
+    result = Tensor.placeholder([*lead, out_features], "float32")
+    if not int8_x:
+        kernel = cpu_kernels.matmul_kernel(out_features, in_features, spec, m_tile, len(lead))
+        return op.tensor_ir_op(kernel, name, args=[x, *stored], out=result)
+    row_words = in_features // int8_activations.GROUP * int8_activations.ROW_WORDS_PER_GROUP
+    quantize = int8_activations.quantize_kernel(in_features, parallel=not single, lead=len(lead))
+    x_int8 = op.tensor_ir_op(quantize, "quantize_activations", args=[x], out=Tensor.placeholder([*lead, row_words], "int32"))
+    kernel = int8_activations.matmul_kernel(out_features, in_features, m_tile, int8_activations.host_has_vnni(), stored[1].dtype,
+                                            len(lead))
+    return op.tensor_ir_op(kernel, name, args=[x_int8, *stored], out=result)
 
 
 class _QuantizedWeight(nn.Module):
     """The stored tensors of one quantized matrix: codes, scales and (asymmetric) minima."""
 
-    def _declare(self, out_features: int, in_features: int, spec: GroupQuantSpec, dtype: str, layout: str | None) -> None:
+    def _declare(self, out_features: int, in_features: int, spec: GroupQuantSpec, dtype: str, layout: str | None,
+                 scale_dtype: str | None) -> None:
         """`layout`: None for the stored layout, cpu_kernels.LAYOUT for 16 interleaved rows
-        (the native runtime repacks the stored tensors into it when it loads them)."""
+        (the native runtime repacks the stored tensors into it when it loads them). Scales and
+        minima are stored in `scale_dtype` (None: the model dtype)."""
         w_shape, s_shape = spec.shapes(out_features, in_features)
         if layout is not None:
             w_shape, s_shape = cpu_kernels.interleaved_shape(w_shape), cpu_kernels.interleaved_shape(s_shape)
         self.layout = layout
         self.q_weight = nn.Parameter(w_shape, spec.storage_dtype)
-        self.q_scale = nn.Parameter(s_shape, dtype)
+        self.q_scale = nn.Parameter(s_shape, scale_dtype or dtype)
         if not spec.symmetric:
-            self.q_min = nn.Parameter(s_shape, dtype)
+            self.q_min = nn.Parameter(s_shape, scale_dtype or dtype)
 
     def _stored(self) -> list[Tensor]:
         return [self.q_weight, self.q_scale] + ([] if self.spec.symmetric else [self.q_min])
@@ -183,17 +191,19 @@ class GroupQuantLinear(_QuantizedWeight):
     has one, stays a float vector in the model dtype (it is `out` numbers, not a matrix)."""
 
     def __init__(self, in_features: int, out_features: int, spec: GroupQuantSpec, dtype: str, bias: bool = False,
-                 layout: str | None = None):
+                 layout: str | None = None, int8_activations: bool = False, scale_dtype: str | None = None):
         self.in_features = in_features
+        self.int8_activations = int8_activations
         self.out_features = out_features
         self.spec = spec
         self.dtype = dtype
-        self._declare(out_features, in_features, spec, dtype, layout)
+        self._declare(out_features, in_features, spec, dtype, layout, scale_dtype)
         self.bias = nn.Parameter((out_features,), dtype) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
         if self.layout is not None:
-            out = _cpu_matmul(x, self._stored(), self.out_features, self.in_features, self.spec, "quantized_matmul")
+            out = _cpu_matmul(x, self._stored(), self.out_features, self.in_features, self.spec, "quantized_matmul",
+                              self.int8_activations)
         else:
             out = op.tensor_expr_op(
                 lambda xt, *ts: _matmul_dequantized(xt, list(ts), self.out_features, self.in_features, self.spec, self.dtype),
@@ -206,12 +216,14 @@ class GroupQuantLinear(_QuantizedWeight):
 class GroupQuantEmbedding(_QuantizedWeight):
     """Drop-in for models.base.Embedding: gathers packed rows, dequantizes only those."""
 
-    def __init__(self, num: int, dim: int, spec: GroupQuantSpec, dtype: str, layout: str | None = None):
+    def __init__(self, num: int, dim: int, spec: GroupQuantSpec, dtype: str, layout: str | None = None,
+                 int8_activations: bool = False, scale_dtype: str | None = None):
         self.num = num
+        self.int8_activations = int8_activations  # for the tied lm_head only: the lookup stays exact
         self.dim = dim
         self.spec = spec
         self.dtype = dtype
-        self._declare(num, dim, spec, dtype, layout)
+        self._declare(num, dim, spec, dtype, layout, scale_dtype)
 
     def forward(self, ids: Tensor) -> Tensor:
         flat = op.reshape(ids, [-1]) if ids.ndim != 1 else ids
@@ -229,7 +241,7 @@ class GroupQuantEmbedding(_QuantizedWeight):
 
     def lm_head_forward(self, hidden: Tensor) -> Tensor:
         if self.layout is not None:
-            return _cpu_matmul(hidden, self._stored(), self.num, self.dim, self.spec, "quantized_lm_head")
+            return _cpu_matmul(hidden, self._stored(), self.num, self.dim, self.spec, "quantized_lm_head", self.int8_activations)
         return op.tensor_expr_op(
             lambda xt, *ts: _matmul_dequantized(xt, list(ts), self.num, self.dim, self.spec, self.dtype),
             "quantized_lm_head",
