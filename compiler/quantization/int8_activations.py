@@ -1,15 +1,15 @@
 """int8 activations for the CPU's 4-bit matmuls: the `q4f32_1a8` scheme's dot products.
 
-The weights are q4f32_1's (4-bit codes, groups of 32, f32 scale and minimum, 16 rows interleaved
-by cpu_kernels). What changes is the input row x: before each matmul it is quantized per group
-of 32 values, as llama.cpp quantizes activations to Q8_1 for its Q4_1 dot products:
+The weights are q4f32_1's 4-bit codes (groups of 32, 16 rows interleaved by cpu_kernels) with
+f16 scale and minimum. What changes is the input row x: before each matmul it is quantized per
+group of 32 values, as llama.cpp quantizes activations to Q8_1 for its Q4_1 dot products:
 
-    d = max|x| / 127     q = round_half_even(x / d), in [-127, 127]     s = sum(x)   (exact f32)
+    d = max|x| / 127     q = round_half_even(x * (1 / d)), in [-127, 127]     s = sum(x)   (exact f32)
 
 and a group's contribution to output n is `f32(sum_k code[n,k] * q[k]) * (scale[n] * d) +
-min[n] * s`. The integer sum is exact, so the only new error is q's rounding (relative L2 error
-0.6-3% per matmul, measured on SmolLM2; `sphere_aae check` holds the scheme to the same layer
-cosine as every 4-bit scheme). The payoff is the instruction: AVX-512 VNNI's `vpdpbusd` multiplies
+min[n] * s`. The integer sum is exact, so the only new error is q's rounding (a relative L2
+error of 1-3% per matmul on random rows, tests/test_cpu_kernels.py; `sphere_aae check` holds the
+scheme to the same layer cosine as every 4-bit scheme). The payoff is the instruction: AVX-512 VNNI's `vpdpbusd` multiplies
 64 unsigned codes by 64 signed bytes and adds them in fours to 16 int32 lanes, so one instruction
 does 64 multiply-adds where the f32 kernel's FMA does 16, with no code-to-float conversion.
 
@@ -20,7 +20,7 @@ per code word, the even elements' bytes then the odd ones': the weights stay in 
 every runtime reads, and x (a few KB) takes the permutation. A quantized row is one int32 tensor
 row, group after group: the group's 8 words of bytes, then the bits of its f32 d and s. One
 output, not three, because the Relax VM pays ~1.5 us per output tensor and per tuple access on
-each of the ~120 matmuls of a token (0.5-0.7 ms a token with three, measured on SmolLM2).
+each of the ~120 matmuls of a token (~0.4 ms a token with three, measured on SmolLM2).
 
 Without VNNI (another x86 CPU, ARM) the same kernel sums the same integer products with plain
 integer arithmetic: the same bits, slower. Only the CPU (LLVM) target has these kernels; the
