@@ -47,6 +47,13 @@ def test_kernel_equals_numpy_on_the_dequantized_weights(scheme: str) -> None:
     y = tvm.runtime.tensor(np.zeros((2, 3, out_f), np.float32), dev)
     lib["kernel"](tvm.runtime.tensor(x, dev), *args[1:], y)
     np.testing.assert_allclose(y.numpy(), x @ weight.T, rtol=1e-5, atol=1e-4)
+    # Scales and minima stored in f16 (as q4f32_1a8 stores them) are read as f32.
+    stored16 = quantize_array(rng.normal(0, 1, (out_f, in_f)).astype(np.float32), spec, "float16")
+    lib = tvm.compile(matmul_kernel(out_f, in_f, spec, 4, scale_dtype="float16").with_attr("global_symbol", "kernel"), target=target)
+    x = rng.normal(0, 1, (5, in_f)).astype(np.float32)
+    y = tvm.runtime.tensor(np.zeros((5, out_f), np.float32), dev)
+    lib["kernel"](tvm.runtime.tensor(x, dev), *[tvm.runtime.tensor(interleave_rows(stored16[k]), dev) for k in ("q_weight", "q_scale", "q_min")], y)
+    np.testing.assert_allclose(y.numpy(), x @ dequantize_array(stored16, in_f, spec).T, rtol=1e-5, atol=1e-4)
 
 
 # --- q4f32_1a8: int8 activations (quantization/int8_activations.py) ---------------------------

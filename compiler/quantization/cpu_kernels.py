@@ -54,8 +54,10 @@ def lead_dims(count: int) -> tuple[list[tirx.Var], tirx.PrimExpr]:
     return dims, rows
 
 
-def matmul_kernel(out_features: int, in_features: int, spec: "GroupQuantSpec", m_tile: int, lead: int = 1) -> tirx.PrimFunc:
-    """y[..., n] = sum_k x[..., k] * dequantize(w)[n, k] over `lead` symbolic leading dimensions.
+def matmul_kernel(out_features: int, in_features: int, spec: "GroupQuantSpec", m_tile: int, lead: int = 1,
+                  scale_dtype: str = "float32") -> tirx.PrimFunc:
+    """y[..., n] = sum_k x[..., k] * dequantize(w)[n, k] over `lead` symbolic leading dimensions,
+    with scales and minima stored in `scale_dtype` (read as f32).
 
     One parallel task per block of 16 output rows; x rows in tiles of `m_tile` (1 for decode,
     where a static single row needs no tile bookkeeping). Written out by hand, scheduled as is
@@ -69,8 +71,8 @@ def matmul_kernel(out_features: int, in_features: int, spec: "GroupQuantSpec", m
     dims, m = lead_dims(lead)
 
     @T.prim_func(private=True)
-    def kernel(var_x: T.handle, w: T.Buffer((blocks, words, ROWS), "uint32"), s: T.Buffer((blocks, groups, ROWS), "float32"),
-               lo: T.Buffer((blocks, groups, ROWS), "float32"), var_y: T.handle):
+    def kernel(var_x: T.handle, w: T.Buffer((blocks, words, ROWS), "uint32"), s: T.Buffer((blocks, groups, ROWS), scale_dtype),
+               lo: T.Buffer((blocks, groups, ROWS), scale_dtype), var_y: T.handle):
         T.func_attr({"tir.noalias": True, "tir.is_scheduled": True, "op_pattern": 8})
         x_in = T.match_buffer(var_x, (*dims, k_in), "float32")
         y_out = T.match_buffer(var_y, (*dims, n_out), "float32")
@@ -103,7 +105,8 @@ def matmul_kernel(out_features: int, in_features: int, spec: "GroupQuantSpec", m
                                     xsum[mi] = xsum[mi] + x[mo * mt + mi, g * group + j * per + t]
                     for mi in T.unroll(mt):
                         for lane in T.vectorized(ROWS):  # w = code * scale + min, per group
-                            acc[mi, lane] = acc[mi, lane] + part[mi, lane] * s[nb, g, lane] + xsum[mi] * lo[nb, g, lane]
+                            acc[mi, lane] = (acc[mi, lane] + part[mi, lane] * T.Cast("float32", s[nb, g, lane])
+                                             + xsum[mi] * T.Cast("float32", lo[nb, g, lane]))
                 for mi in T.unroll(mt):
                     if mo * mt + mi < m:
                         for lane in T.vectorized(ROWS):

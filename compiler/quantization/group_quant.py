@@ -86,12 +86,16 @@ def quantize_array(weight: np.ndarray, spec: GroupQuantSpec, scale_dtype: str) -
     return {"q_weight": packed, "q_scale": scale, **extra}
 
 
-def dequantize_array(stored: dict[str, np.ndarray], in_features: int, spec: GroupQuantSpec) -> np.ndarray:
-    """The numpy twin of the compiled dequantize, for tests and for `check`'s reference weights."""
-    packed = stored["q_weight"]
+def unpack_codes(packed: np.ndarray, in_features: int, spec: GroupQuantSpec) -> np.ndarray:
+    """Stored uint32 words [out, words] -> the codes [out, in_features] (uint32)."""
     shifts = (np.arange(spec.per_storage, dtype=np.uint32) * spec.bits)[None, None, :]
     codes = (packed[:, :, None] >> shifts) & np.uint32((1 << spec.bits) - 1)
-    codes = codes.reshape(packed.shape[0], -1)[:, :in_features].astype(np.float32)
+    return codes.reshape(packed.shape[0], -1)[:, :in_features]
+
+
+def dequantize_array(stored: dict[str, np.ndarray], in_features: int, spec: GroupQuantSpec) -> np.ndarray:
+    """The numpy twin of the compiled dequantize, for tests and for `check`'s reference weights."""
+    codes = unpack_codes(stored["q_weight"], in_features, spec).astype(np.float32)
     per_elem = lambda a: np.repeat(a.astype(np.float32), spec.group_size, axis=1)[:, :in_features]
     if spec.symmetric:
         return (codes - spec.max_int) * per_elem(stored["q_scale"])
@@ -132,7 +136,7 @@ def _cpu_matmul(x: Tensor, stored: list[Tensor], out_features: int, in_features:
     m_tile = 1 if single else cpu_kernels.M_TILE
     result = Tensor.placeholder([*lead, out_features], "float32")
     if not int8_x:
-        kernel = cpu_kernels.matmul_kernel(out_features, in_features, spec, m_tile, len(lead))
+        kernel = cpu_kernels.matmul_kernel(out_features, in_features, spec, m_tile, len(lead), stored[1].dtype)
         return op.tensor_ir_op(kernel, name, args=[x, *stored], out=result)
     row_words = in_features // int8_activations.GROUP * int8_activations.ROW_WORDS_PER_GROUP
     quantize = int8_activations.quantize_kernel(in_features, parallel=not single, lead=len(lead))

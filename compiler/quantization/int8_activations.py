@@ -100,10 +100,10 @@ def pack_rows(q: np.ndarray, d: np.ndarray, s: np.ndarray) -> np.ndarray:
 
 def matmul_reference(x: np.ndarray, stored: dict[str, np.ndarray], in_features: int) -> np.ndarray:
     """y = x @ W^T under the scheme's rule, from the stored (not interleaved) q4 tensors."""
+    from .group_quant import GroupQuantSpec, unpack_codes  # here: group_quant imports this module
+
     q, d, s = quantize_rows(x)
-    packed = stored["q_weight"]
-    shifts = (np.arange(WORD_ELEMENTS, dtype=np.uint32) * CODE_BITS)[None, None, :]
-    codes = ((packed[:, :, None] >> shifts) & np.uint32(15)).reshape(packed.shape[0], -1)[:, :in_features]
+    codes = unpack_codes(stored["q_weight"], in_features, GroupQuantSpec(bits=CODE_BITS, group_size=GROUP))
     m, groups = x.shape[0], in_features // GROUP
     isum = np.einsum("ngk,mgk->mng", codes.reshape(-1, groups, GROUP).astype(np.int64),
                      q.reshape(m, groups, GROUP).astype(np.int64))
